@@ -1,0 +1,5 @@
+"""``python -m tdexport`` (also what ``torchrun -m tdexport`` runs)."""
+
+from .cli import main
+
+main()
