@@ -1,0 +1,56 @@
+"""Plain-text tables of plans for the terminal (no colour, fixed columns, stable for diffs)."""
+
+from __future__ import annotations
+
+from .plan import Plan
+
+__all__ = ["human", "plan_table", "totals_line"]
+
+
+def human(n: float) -> str:
+    """Short human count: 25557032 → ``25.56M``, 4089184256 → ``4.09G``, 512 → ``512``."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"{before / after:.2f}x" if after else "-"
+
+
+def plan_table(plan: Plan, *, show_kept: bool = True) -> str:
+    """Per-layer table: name, type, shape, method, ranks, params and MACs before → after, error, reason."""
+    rows = [("layer", "type", "shape", "method", "ranks", "params", "MACs", "rel.err", "decision")]
+    for e in plan.layers:
+        if e.decision != "decomposed" and not show_kept:
+            continue
+        changed = e.decision == "decomposed"
+        rows.append((
+            e.name,
+            e.type,
+            "×".join(str(d) for d in e.shape),
+            e.method or "-",
+            ",".join(str(r) for r in e.ranks) or "-",
+            f"{human(e.params_before)}→{human(e.params_after)}" if changed else human(e.params_before),
+            f"{human(e.macs_before)}→{human(e.macs_after)}" if changed else human(e.macs_before),
+            f"{e.rel_error:.4f}" if e.rel_error is not None else "-",
+            "decomposed" if changed else f"kept: {e.reason}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines.insert(1, "-" * min(max(len(x) for x in lines), 160))
+    return "\n".join(lines)
+
+
+def totals_line(plan: Plan) -> str:
+    """One-line totals: parameters and MACs before → after with their reduction factors."""
+    t = plan.totals
+    n = sum(e.decision == "decomposed" for e in plan.layers)
+    return (
+        f"{plan.model} {plan.format} [{plan.rank_rule or 'dense'}]: {n}/{len(plan.layers)} layers decomposed; "
+        f"params {human(t['params_before'])} → {human(t['params_after'])} "
+        f"({_ratio(t['params_before'], t['params_after'])} smaller); "
+        f"MACs {human(t['macs_before'])} → {human(t['macs_after'])} "
+        f"({_ratio(t['macs_before'], t['macs_after'])} fewer) at input {'×'.join(map(str, plan.input_shape))}"
+    )
