@@ -86,11 +86,12 @@ def svd_structure(layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
     )
 
 
-_STRUCTURES = {"tucker2": tucker2_structure, "cp": cp_structure, "svd": svd_structure}
+# TT in TDC's "special" form (O, kh·kw, I) has exactly the Tucker-2 chain; only its factors differ.
+_STRUCTURES = {"tucker2": tucker2_structure, "tt": tucker2_structure, "cp": cp_structure, "svd": svd_structure}
 
 
 def structure_for(method: str, layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
-    """Empty factorized chain for ``layer`` by method name (``tucker2``, ``cp`` or ``svd``)."""
+    """Empty factorized chain for ``layer`` by method name (``tucker2``, ``tt``, ``cp`` or ``svd``)."""
     try:
         return _STRUCTURES[method](layer, ranks)
     except KeyError:

@@ -24,6 +24,7 @@ from .errors import DecompositionError, UsageError
 from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
 from .factor.cp import cp_als
 from .factor.svd import truncated_svd
+from .factor.tt import tt_conv
 from .factor.tucker import tucker2
 from .ranks import RankRule, mode_rank, parse_rank_rule
 
@@ -41,15 +42,15 @@ __all__ = [
 ]
 
 PLAN_SCHEMA_VERSION = 1
-FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "cp": "cp", "svd": "svd"}
+FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "tt": "tt", "cp": "cp", "svd": "svd"}
 
 
 def normalise_format(name: str) -> str:
-    """Canonical format name (``tucker2``, ``cp`` or ``svd``) for a user spelling, else `UsageError`."""
+    """Canonical format name (``tucker2``, ``tt``, ``cp`` or ``svd``) for a user spelling, else `UsageError`."""
     try:
         return FORMATS[name.lower()]
     except KeyError:
-        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), cp, svd") from None
+        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), tt, cp, svd") from None
 
 
 @dataclass
@@ -60,7 +61,7 @@ class LayerPlan:
         name: dotted module name in the model.
         type: ``Conv2d`` or ``Linear``.
         shape: weight shape, (O, I, kh, kw) or (O, I).
-        method: ``tucker2``, ``cp``, ``svd``, or None when kept.
+        method: ``tucker2``, ``tt``, ``cp``, ``svd``, or None when kept.
         ranks: ranks of the method ((R_out, R_in), (R,) or (r,)); empty when kept without a method.
         decision: ``decomposed`` or ``kept``.
         reason: why (rank rule for decomposed layers, the exclusion for kept ones).
@@ -93,7 +94,7 @@ class Plan:
 
     Attributes:
         model: zoo name of the dense model (used by `tdexport.load` to rebuild it).
-        format: canonical format (``tucker2``, ``cp``, ``svd``).
+        format: canonical format (``tucker2``, ``tt``, ``cp``, ``svd``).
         rank_rule: the rank rule text.
         input_shape: (C, H, W) at which MACs were counted.
         layers: one `LayerPlan` per Conv2d / Linear executed in forward order.
@@ -268,6 +269,9 @@ def _decompose(method: str, module: nn.Module, ranks: list[int], spectra: _Spect
     if method == "tucker2":
         f = tucker2(weight, (ranks[0], ranks[1]), iters=iters, spectra=[spectra.mode(0), spectra.mode(1)])
         return L.load_tucker2(seq, module, f), f.errors[-1]
+    if method == "tt":
+        f = tt_conv(weight, (ranks[0], ranks[1]))
+        return L.load_tucker2(seq, module, f), f.errors[-1]
     if method == "cp":
         f = cp_als(weight, ranks[0], iters=cp_iters, generator=torch.Generator().manual_seed(0))
         return L.load_cp(seq, module, f), f.rel_error(weight)
@@ -302,7 +306,7 @@ def compress(
     model: nn.Module,
     *,
     format: str = "tucker",
-    rank: str | RankRule = "vbmf",
+    rank: str | RankRule | Plan = "vbmf",
     input_shape: Sequence[int] = (3, 224, 224),
     model_name: str = "custom",
     num_classes: int | None = None,
@@ -323,8 +327,8 @@ def compress(
 
     Args:
         model: dense network (Conv2d / Linear layers are considered).
-        format: ``tucker`` (``tucker2``/``tk``), ``cp`` or ``svd``.
-        rank: a rank rule string (see `tdexport.ranks`) or a parsed `RankRule`.
+        format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I)), ``cp`` or ``svd``.
+        rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay.
         input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
         model_name: zoo name recorded in the plan, so `tdexport.load` can rebuild the model.
         num_classes: classifier width recorded in the plan.
@@ -341,8 +345,11 @@ def compress(
         `Compressed` with the new model and its `Plan`.
     """
     fmt = normalise_format(format)
-    rule = parse_rank_rule(rank) if isinstance(rank, str) else rank
-    replay = Plan.read(rule.path) if rule.kind == "plan" else None
+    if isinstance(rank, Plan):
+        replay, rule = rank, RankRule("plan", 0.0, None, "plan")
+    else:
+        rule = parse_rank_rule(rank) if isinstance(rank, str) else rank
+        replay = Plan.read(rule.path) if rule.kind == "plan" else None
     sites = profile_layers(model, input_shape)
     if not sites:
         raise UsageError("the model has no Conv2d or Linear layer to factor")
@@ -360,12 +367,13 @@ def compress(
         spectra = _Spectra(m.weight.detach())
         if replay is not None:
             planned = replay.layer(site.name)
+            source = rule.path or "the given plan"
             if planned is None or planned.decision != "decomposed":
-                entries.append(_kept(site, f"kept in {rule.path}" if planned else f"not in {rule.path}"))
+                entries.append(_kept(site, f"kept in {source}" if planned else f"not in {source}"))
                 continue
             method, ranks = planned.method, list(planned.ranks)
             _check_replayed(site, method, ranks)
-            reason = f"replayed from {rule.path}"
+            reason = f"replayed from {source}"
         else:
             try:
                 ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra, round_to)
@@ -431,12 +439,12 @@ def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[in
 
 def _check_replayed(site: LayerSite, method: str | None, ranks: list[int]) -> None:
     m = site.module
-    allowed = {"svd"} if isinstance(m, nn.Linear) or m.kernel_size == (1, 1) else {"tucker2", "cp"}
+    allowed = {"svd"} if isinstance(m, nn.Linear) or m.kernel_size == (1, 1) else {"tucker2", "tt", "cp"}
     if method not in allowed:
         raise UsageError(f"plan asks for method '{method}' on {site.name} ({type(m).__name__} "
                          f"{tuple(m.weight.shape)}); allowed: {', '.join(sorted(allowed))}")
     w = m.weight
-    limits = {"tucker2": [w.shape[0], w.shape[1]], "cp": [math.inf],
+    limits = {"tucker2": [w.shape[0], w.shape[1]], "tt": [w.shape[0], w.shape[1]], "cp": [math.inf],
               "svd": [min(w.shape[0], w[0].numel())]}[method]
     if len(ranks) != len(limits) or any(not 1 <= r <= lim for r, lim in zip(ranks, limits, strict=True)):
         raise UsageError(f"plan ranks {ranks} do not fit {site.name} {tuple(w.shape)} with {method}")

@@ -119,3 +119,25 @@ def test_unfold_layout():
     x = torch.arange(24.0).reshape(2, 3, 4)
     assert unfold(x, 1).shape == (3, 8)
     assert torch.equal(unfold(x, 1)[1], x[:, 1, :].reshape(-1))
+
+
+def test_tt_svd_exact_and_conv_special_form():
+    from tdexport.factor.tt import tt_conv, tt_svd
+
+    g = torch.Generator().manual_seed(3)
+    cores = [torch.randn(1, 6, 3, generator=g, dtype=torch.float64), torch.randn(3, 5, 4, generator=g,
+             dtype=torch.float64), torch.randn(4, 7, 1, generator=g, dtype=torch.float64)]
+    from tdexport.factor.tt import TTFactors
+
+    x = TTFactors(tuple(cores)).reconstruct()
+    assert x.shape == (6, 5, 7)
+    f = tt_svd(x, (3, 4))
+    assert f.ranks == (3, 4) and f.rel_error(x) < 1e-12
+    assert f.n_params == 6 * 3 + 3 * 5 * 4 + 4 * 7
+    w = torch.randn(12, 10, 3, 3, generator=g, dtype=torch.float64)
+    full = tt_conv(w, (12, 10))
+    assert full.errors[-1] < 1e-12 and full.core.shape == (12, 10, 3, 3)
+    trunc = tt_conv(w, (6, 5))
+    assert 0.1 < trunc.errors[-1] < 1.0 and trunc.factors[0].shape == (12, 6) and trunc.factors[1].shape == (10, 5)
+    padded = tt_conv(w, (1, 10))  # R_b > R_a·kh·kw = 9: zero-padded to the planned width
+    assert padded.core.shape == (1, 10, 3, 3) and torch.count_nonzero(padded.factors[1][:, 9]) == 0

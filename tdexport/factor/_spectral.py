@@ -52,20 +52,22 @@ class Spectrum:
     vectors: Tensor
 
 
-def row_spectrum(matrix: Tensor, *, gram_dtype: torch.dtype = torch.float64) -> Spectrum:
+def row_spectrum(matrix: Tensor, *, gram_dtype: torch.dtype = torch.float64,
+                 eigh_dtype: torch.dtype = torch.float64) -> Spectrum:
     """Singular values and left singular vectors of ``matrix`` (rows × cols) via eigh of M Mᵀ.
 
     Args:
         matrix: shape (rows, cols).
-        gram_dtype: dtype in which M Mᵀ is formed; the eigendecomposition is always float64. float32
-            is enough when only the dominant subspace matters (HOOI sweeps), not the small values.
+        gram_dtype: dtype in which M Mᵀ is formed.
+        eigh_dtype: dtype of the eigendecomposition. float32 for both is enough when only the dominant
+            subspace matters (HOOI sweeps), not the small values (rank rules, the HOSVD start).
     """
     m = matrix.detach().to(gram_dtype)
-    gram = (m @ m.T).to(torch.float64)
+    gram = (m @ m.T).to(eigh_dtype)
     evals, evecs = torch.linalg.eigh(gram)
     evals = evals.flip(0).clamp_min(0.0)
     evecs = evecs.flip(1)
-    return Spectrum(values=evals.sqrt(), vectors=evecs)
+    return Spectrum(values=evals.sqrt().double(), vectors=evecs.double())
 
 
 def mode_spectrum(tensor: Tensor, mode: int) -> Spectrum:

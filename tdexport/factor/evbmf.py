@@ -95,36 +95,25 @@ def evbmf_rank_from_values(values: Tensor, shape: tuple[int, int], *, residual: 
     return max(1, min(rank, rows))
 
 
-def _minimise_log_interval(objective, lower: float, upper: float, *, grid: int = 256, refine: int = 60) -> float:
-    """Minimise a 1-D function on [lower, upper]: log-spaced grid search, then golden-section refinement.
+def _minimise_log_interval(objective, lower: float, upper: float, *, grid: int = 256, zooms: int = 4) -> float:
+    """Minimise a 1-D function on [lower, upper] by log-spaced grid searches that zoom in on the best point.
 
-    A grid first makes the search robust to the shallow local minima the free energy can have near
-    the bounds, where a pure bracketing method may stall.
+    A grid makes the search robust to the shallow local minima the free energy can have near the bounds,
+    where a bracketing method may stall; each zoom re-grids the two cells around the best point, so
+    four rounds pin log σ² to (2/255)⁴ of the starting interval with one vectorised call per round
+    (a golden-section refinement needed ~60 scalar calls, most of EVBMF's run time).
     """
-    pts = torch.logspace(math.log10(lower), math.log10(upper), grid, dtype=torch.float64)
-    vals = objective(pts)
-    vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
-    i = int(torch.argmin(vals))
-    a = math.log(float(pts[max(i - 1, 0)]))
-    b = math.log(float(pts[min(i + 1, grid - 1)]))
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-
-    def f(log_s2: float) -> float:
-        return float(objective(torch.tensor([math.exp(log_s2)], dtype=torch.float64))[0])
-
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(refine):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = f(d)
-    best = min((fc, c), (fd, d), (float(vals[i]), math.log(float(pts[i]))))
-    return math.exp(best[1])
+    a, b = math.log(lower), math.log(upper)
+    best_val, best_x = float("inf"), math.log(upper)
+    for _ in range(zooms):
+        xs = torch.linspace(a, b, grid, dtype=torch.float64)
+        vals = objective(torch.exp(xs))
+        vals = torch.where(torch.isfinite(vals), vals, torch.full_like(vals, float("inf")))
+        i = int(torch.argmin(vals))
+        if float(vals[i]) <= best_val:
+            best_val, best_x = float(vals[i]), float(xs[i])
+        a, b = float(xs[max(i - 1, 0)]), float(xs[min(i + 1, grid - 1)])
+    return math.exp(best_x)
 
 
 def evbmf_rank(matrix: Tensor) -> int:
