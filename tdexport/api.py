@@ -60,8 +60,12 @@ def compress(
     module, shape, name = _resolve(model, weights, num_classes, input_shape, model_name)
     if num_classes is None and isinstance(model, str):
         num_classes = _classifier_width(module)
-    return _plan.compress(module, format=format, rank=rank, input_shape=shape, model_name=name,
-                          num_classes=num_classes, **options)
+    result = _plan.compress(module, format=format, rank=rank, input_shape=shape, model_name=name,
+                            num_classes=num_classes, **options)
+    if isinstance(model, str):
+        # Recorded so fine-tuning can rebuild the original as a distillation teacher by default.
+        result.plan.options["weights"] = weights
+    return result
 
 
 def survey(model: nn.Module | str, *, format: str = "tucker", weights: str | None = "random",

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import fnmatch
 import functools
+import json
 import os
 import re
 import socket
@@ -386,6 +387,8 @@ def create_model(
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     n_classes = info.default_num_classes if num_classes is None else int(num_classes)
+    if num_classes is None and weights not in (None, "default", "random"):
+        n_classes = _classes_of_run_dir(weights, n_classes)
     if weights == "default":
         if info.source == "cifar":
             raise UsageError(
@@ -405,6 +408,20 @@ def create_model(
         model = build(n_classes)
         load_weights_into(model, state_dict, source=str(path))
     return model.to("cpu").eval()
+
+
+def _classes_of_run_dir(weights: str | os.PathLike[str], fallback: int) -> int:
+    # A `tdexport train` run directory records its class count (model.json): use it, so
+    # `--weights runs/base` works for a 10-class digits model without repeating --num-classes.
+    meta = Path(weights) / "model.json"
+    if meta.is_file():
+        try:
+            value = json.loads(meta.read_text()).get("num_classes")
+        except (OSError, ValueError):
+            return fallback
+        if isinstance(value, int) and value >= 1:
+            return value
+    return fallback
 
 
 def _as_checkpoint_path(weights: str | os.PathLike[str]) -> Path:
