@@ -12,17 +12,13 @@ temporary name and renamed into place, so a failure leaves no half-written check
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._io import atomic_dir, atomic_write
 from .errors import UsageError
 from .plan import Plan, apply_plan
 from .zoo import create_model, load_weights_into
@@ -36,42 +32,6 @@ WEIGHTS_FILE = "compressed.safetensors"
 PLAN_FILE = "plan.json"
 DENSE_WEIGHTS_FILE = "model.safetensors"
 MODEL_FILE = "model.json"
-
-
-@contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces-or-merges into ``target`` only on success.
-
-    A new ``target`` appears whole (one rename); into an existing one each file is renamed over
-    its old version. On an exception the temporary directory is removed and ``target`` untouched.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            for item in tmp.iterdir():
-                os.replace(item, target / item.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same directory)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:

@@ -20,6 +20,7 @@ import argparse
 import time
 
 import torch
+from _table import table
 from torch import nn
 
 from tdexport.factor import cp_als, mode_spectrum, row_spectrum, truncated_svd, tucker2
@@ -51,13 +52,6 @@ def eligible_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 def stage_of(name: str) -> str:
     return name.split(".")[0]
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def tucker_pass(weights: dict[str, torch.Tensor], ranks: dict, ours: dict) -> None:

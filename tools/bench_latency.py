@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _table import table
 
 import tdexport
 from tdexport.export.onnx import export_onnx
@@ -56,13 +57,9 @@ def main() -> None:
                         ratio_cells.append(f"{p.speedup / red:.2f}")
                 rows.append([name, f"ratio:{ratio}", f"{red:.2f}×", *ms, *speed, *ratio_cells])
                 print("  ".join(rows[-1]), flush=True)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     print(f"\nONNX Runtime CPU, torch {torch.__version__}, {torch.get_num_threads()} threads; p50 latency in ms, "
           "speedup = median of paired per-round ratios [spread]\n")
-    for i, r in enumerate(rows):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
-        if i == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print(table(rows))
 
 
 if __name__ == "__main__":

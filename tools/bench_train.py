@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from _table import table
 
 from tdexport.data import load_data, make_loader
 from tdexport.plan import compress
@@ -66,13 +67,9 @@ def main() -> None:
         rel = results[label] / results["dense"] - 1
         rows.append([label, f"{macs / 1e6:.1f}M", f"{results[label]:.2f}", f"{n / results[label]:.0f}",
                      "—" if label == "dense" else f"{rel:+.1%}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, digits train split ({n} images), "
           f"batch {args.batch_size}, median of {args.repeats} epochs\n")
-    for i, r in enumerate(rows):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
-        if i == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,6 +34,7 @@ import onnx
 import torch
 from torch import nn
 
+from .._io import atomic_write_bytes
 from ..errors import GateFailed, TdexportError, UsageError
 from ..runtime import OrtRunner
 from ..validate.parity import ParityResult, compare_outputs
@@ -314,18 +313,6 @@ def _ort_parity(model_bytes: bytes, inputs: np.ndarray, reference: np.ndarray, d
     return compare_outputs(reference, candidate)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _first_line(err: BaseException, limit: int = 300) -> str:
     lines = str(err).strip().splitlines()
     return lines[0][:limit] if lines else "(no message)"
@@ -451,7 +438,7 @@ def export_onnx(
             proto, data, parity, simplified = slim, slim_data, slim_parity, True
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, data)
+    atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
         opset=int(_opset_of(proto)),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_bytes
 from .._lazy import require
 from ..errors import BackendUnavailable, UsageError
 
@@ -90,18 +90,6 @@ def build_serialized(onnx_path: str | Path, *, min_batch: int, opt_batch: int, m
     return bytes(serialized)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_engine(onnx_path: str | Path, engine_path: str | Path, *, min_batch: int = 1, opt_batch: int = 8,
                  max_batch: int = 32, workspace_gb: float = 4.0) -> Path:
     """Build a TensorRT engine file and its JSON sidecar ``engine_path + ".json"``.
@@ -142,6 +130,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, min_batch: i
         "strongly_typed": True,
     }
     engine_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(engine_file, data)
-    _write_atomically(Path(f"{engine_file}.json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(engine_file, data)
+    atomic_write_bytes(Path(f"{engine_file}.json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return engine_file
