@@ -59,7 +59,7 @@ def compress(
     """
     module, shape, name = _resolve(model, weights, num_classes, input_shape, model_name)
     if num_classes is None and isinstance(model, str):
-        num_classes = _classifier_width(module)
+        num_classes = classifier_width(module)
     result = _plan.compress(module, format=format, rank=rank, input_shape=shape, model_name=name,
                             num_classes=num_classes, **options)
     if isinstance(model, str):
@@ -94,7 +94,8 @@ def load(directory: str | Path, *, model: nn.Module | None = None) -> nn.Module:
     return checkpoint.load(directory, model=model)[0]
 
 
-def _classifier_width(model: nn.Module) -> int | None:
+def classifier_width(model: nn.Module) -> int | None:
+    """Output width of the last Conv2d/Linear layer in ``model`` (its class count), or None without one."""
     last = None
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):

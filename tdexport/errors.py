@@ -34,3 +34,12 @@ class BackendUnavailable(TdexportError):
     """A requested runtime, device or optional package is not available here (exit 4)."""
 
     exit_code = 4
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (at most ``limit`` characters), or its type name.
+
+    Third-party errors (torch, onnxruntime, pickle) carry multi-line dumps; tdexport reports one line.
+    """
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(err).__name__

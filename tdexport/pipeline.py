@@ -102,8 +102,8 @@ def resolve(spec: str | Path, *, label: str, weights: str = "default", num_class
         if plan is not None:
             return Artifact(label, text, module, None, tuple(plan.input_shape), plan.totals["params_after"],
                             plan.totals["macs_after"], plan)
-        shape = tuple(checkpoint.read_meta(path).get("input_shape") or model_info(
-            checkpoint.read_meta(path)["model"]).input_shape)
+        meta = checkpoint.read_meta(path)
+        shape = tuple(meta.get("input_shape") or model_info(meta["model"]).input_shape)
         return _dense(label, text, module, shape)
     if path.suffix or "/" in text:
         raise UsageError(f"{text}: not an .onnx file, a checkpoint directory or a model name")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._lazy import require
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 __all__ = [
     "ModelInfo", "register_model", "list_models", "model_info", "create_model", "load_state_dict_file",
@@ -434,11 +434,6 @@ def _as_checkpoint_path(weights: str | os.PathLike[str]) -> Path:
     raise UsageError(f"invalid weights {text!r}: expected 'default', 'random' or a checkpoint path")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(err).__name__
-
-
 def _torch_load_reason(err: Exception) -> str:
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
     if refused:  # weights_only=True refused to unpickle a class: never fall back to full unpickling
@@ -447,7 +442,7 @@ def _torch_load_reason(err: Exception) -> str:
             "save model.state_dict() or use .safetensors"
         )
     inner = err.__context__ if isinstance(err.__context__, Exception) else err
-    return _first_line(inner)
+    return first_line(inner)
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -492,7 +487,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj: Any = safetensors.torch.load_file(str(path), device="cpu")
         except Exception as err:
-            raise UsageError(f"cannot read checkpoint {path}: {_first_line(err)}") from err
+            raise UsageError(f"cannot read checkpoint {path}: {first_line(err)}") from err
     elif suffix in CHECKPOINT_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -548,4 +543,4 @@ def load_weights_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     try:
         model.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as err:
-        raise UsageError(f"checkpoint {source} does not fit the model: {_first_line(err)}") from err
+        raise UsageError(f"checkpoint {source} does not fit the model: {first_line(err)}") from err

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes
-from ..errors import GateFailed, TdexportError, UsageError
+from ..errors import GateFailed, TdexportError, UsageError, first_line
 from ..runtime import OrtRunner
 from ..validate.parity import ParityResult, compare_outputs
 
@@ -259,7 +259,7 @@ def _normalise(proto: onnx.ModelProto, input_shape: Sequence[int], opset: int,
     try:
         onnx.checker.check_model(data, full_check=True)
     except Exception as err:  # checker raises ValidationError, shape inference InferenceError
-        return [f"onnx.checker (full_check) failed: {_first_line(err)}"], b""
+        return [f"onnx.checker (full_check) failed: {first_line(err)}"], b""
     return [], data
 
 
@@ -311,11 +311,6 @@ def _ort_parity(model_bytes: bytes, inputs: np.ndarray, reference: np.ndarray, d
     if candidate.shape != reference.shape:
         raise GateFailed(f"ONNX output shape {candidate.shape} differs from torch's {reference.shape}")
     return compare_outputs(reference, candidate)
-
-
-def _first_line(err: BaseException, limit: int = 300) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:limit] if lines else "(no message)"
 
 
 def _seeded_normal(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -404,7 +399,7 @@ def export_onnx(
         try:
             candidate = export(work, example, opset, dynamic)
         except Exception as err:  # exporters raise a wide range of types (torch.export, onnxscript, jit)
-            notes.append(f"{name} exporter failed: {type(err).__name__}: {_first_line(err)}")
+            notes.append(f"{name} exporter failed: {type(err).__name__}: {first_line(err)}")
             continue
         problems, data = _normalise(candidate, input_shape, opset, batch)
         if problems:
@@ -433,7 +428,7 @@ def export_onnx(
             if not slim_parity.passes(max_parity_err):
                 raise RuntimeError(f"parity {slim_parity.summary()}")
         except Exception as err:  # any failure of the optional step keeps the verified unsimplified graph
-            notes.append(f"simplification dropped: {type(err).__name__}: {_first_line(err)}")
+            notes.append(f"simplification dropped: {type(err).__name__}: {first_line(err)}")
         else:
             proto, data, parity, simplified = slim, slim_data, slim_parity, True
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint
+from ..api import classifier_width
 from ..data import DataBundle, load_data, make_loader
 from ..errors import UsageError
 from ..plan import Plan, compress
@@ -43,8 +44,7 @@ def _prepare(cfg: TrainConfig, data: str | DataBundle, download: bool) -> tuple[
 
 
 def _check_classes(model: nn.Module, data: DataBundle, what: str) -> None:
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-    width = last.out_features if isinstance(last, nn.Linear) else last.out_channels
+    width = classifier_width(model)
     if width != data.num_classes:
         raise UsageError(f"{what} has {width} outputs but {data.name} has {data.num_classes} classes; "
                          f"pass --num-classes {data.num_classes} or a matching dataset")
