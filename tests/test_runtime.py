@@ -15,7 +15,8 @@ import tdexport
 from tdexport.errors import BackendUnavailable, UsageError
 from tdexport.export import build_engine, export_onnx
 from tdexport.runtime import BACKENDS, OrtRunner, TorchRunner, TrtRunner, available_backends, make_runner
-from tdexport.validate.parity import compare_outputs
+from tdexport.validate.parity import compare_outputs, compare_runners
+from tdexport.validate.report import environment_info
 
 SHAPE = (3, 32, 32)
 PROVIDERS = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}
@@ -151,6 +152,55 @@ def test_context_manager_closes_and_restores_threads(model, onnx_path, batch):
     ort_runner.close()  # closing twice is harmless
 
 
+def test_fixed_batch_is_read_from_the_loaded_graph(model, onnx_path, tmp_path, batch):
+    fixed = export_onnx(model, tmp_path / "fixed.onnx", input_shape=SHAPE, opset=18, batch=4).path
+    runner = OrtRunner(fixed, threads=1)
+    assert runner.fixed_batch is None  # not known before the graph is loaded
+    with runner, OrtRunner(onnx_path) as dynamic, TorchRunner(model) as eager:
+        assert runner.fixed_batch == 4
+        assert dynamic.fixed_batch is None and eager.fixed_batch is None
+        assert runner.infer(batch).shape == (4, 10)
+        assert runner.device_info()["fixed_batch"] == 4
+
+
+def test_device_info_reports_what_the_loaded_runner_uses(model, onnx_path):
+    with OrtRunner(onnx_path, provider="cpu", threads=1) as ort_runner, TorchRunner(model, threads=1) as eager:
+        info = ort_runner.device_info()
+        assert info == {"device": "cpu", "providers": ort_runner.providers, "threads": 1, "fixed_batch": None}
+        assert info["providers"] == ["CPUExecutionProvider"]  # the session's, not what onnxruntime lists
+        assert eager.device_info() == {"device": "cpu", "threads": torch.get_num_threads(), "fixed_batch": None}
+        assert eager.device_info()["threads"] == 1
+    for runner in (ort_runner, eager):
+        with pytest.raises(RuntimeError, match="not loaded"):
+            runner.device_info()
+    trt_runner = TrtRunner(onnx_path)
+    assert trt_runner.gpu_name is None and trt_runner.fixed_batch is None
+
+
+def test_environment_info_records_the_loaded_runners(model, onnx_path):
+    with OrtRunner(onnx_path, threads=1) as ort_runner, TorchRunner(model) as eager:
+        env = environment_info(backends={r.name: r.device_info() for r in (ort_runner, eager)})
+    assert env["backends"]["ort-cpu"] == {"device": "cpu", "providers": ["CPUExecutionProvider"], "threads": 1,
+                                          "fixed_batch": None}
+    assert env["backends"]["torch"]["device"] == "cpu"
+    # What was used, not what onnxruntime-gpu lists (it lists CUDA/TensorRT providers it cannot load here).
+    assert env["providers"] == ["CPUExecutionProvider"] and env["device"] == "cpu"
+    assert set(env["providers"]) <= set(env["onnxruntime_available_providers"])
+
+
+def test_compare_runners_on_a_fixed_batch_graph(model, tmp_path):
+    fixed = export_onnx(model, tmp_path / "fixed3.onnx", input_shape=SHAPE, opset=18, batch=3).path
+    x = np.random.default_rng(1).standard_normal((7, *SHAPE), dtype=np.float32)  # 3 + 3 + 1 (padded)
+    with TorchRunner(model) as ref, OrtRunner(fixed) as cand:
+        parity = compare_runners(ref, cand, x)
+        same = compare_runners(ref, ref, torch.from_numpy(x))
+    assert parity.samples == 7 and parity.rel_l2_err < 1e-4 and parity.top1_agreement == 1.0
+    assert (same.max_abs_err, same.rel_l2_err, same.top1_agreement) == (0.0, 0.0, 1.0)
+    assert same.cosine == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        compare_runners(ref, ref, x[0])
+
+
 def test_torch_runner_leaves_the_callers_model_alone(model, batch):
     model.train()
     try:
@@ -186,5 +236,7 @@ def test_tensorrt_engine_matches_torch(model, onnx_path, tmp_path, batch):
         expected = ref.infer(batch)
         # TensorRT may run fp32 convolutions in TF32 on Ampere and newer GPUs: allow its rounding.
         for runner in (trt_runner, built):
+            assert runner.gpu_name and runner.device_info()["device"].startswith("cuda:")
+            assert runner.fixed_batch is None  # profiles 1..8 and 1..8: the batch size may vary
             assert compare_outputs(expected, runner.infer(batch)).rel_l2_err < 1e-2
             assert compare_outputs(expected[:1], runner.infer(batch[:1])).rel_l2_err < 1e-2

@@ -2,9 +2,12 @@
 
 Submodules (imported on use; this package imports nothing eagerly so ``tdexport --help`` stays fast):
 
-- `tdexport.validate.accuracy`: top-1 / top-5 of a runner over a data loader.
+- `tdexport.validate.accuracy`: top-1 / top-5 of a runner over a data loader (optionally over a class subset).
 - `tdexport.validate.parity`: output agreement between two runners (max abs, rel L2, cosine, top-1 agreement).
-- `tdexport.validate.latency`: paired, interleaved latency measurement of two runners and its statistics.
+- `tdexport.validate.latency`: paired latency of two runners in ABBA-ordered rounds, and its statistics.
 - `tdexport.validate.gates`: pass/fail thresholds (accuracy drop, speedup, parity error) and `GateFailed`.
-- `tdexport.validate.report`: report.json, report.md, plots and the terminal headline table.
+- `tdexport.validate.environment`: versions, hardware and the device/providers each backend really used.
+- `tdexport.validate.report`: report.json (`build_report`, `write_report`) and the headline values.
+- `tdexport.validate.markdown`: report.md and the terminal headline table.
+- `tdexport.validate.plots`: the two PNG plots.
 """

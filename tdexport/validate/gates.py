@@ -17,9 +17,11 @@ __all__ = ["GATES", "Gate", "evaluate_gates", "failed_gates", "raise_if_failed"]
 
 # Gate name -> (what the value is, True when the value must stay at or below the limit).
 GATES: dict[str, tuple[str, bool]] = {
-    "max_acc_drop": ("top-1 points lost (original - compressed)", True),
-    "min_speedup": ("headline speedup (original latency / compressed latency)", False),
-    "max_parity_err": ("relative L2 error of the compressed outputs", True),
+    "max_acc_drop": ("top-1 points lost (original - compressed) on the headline backend", True),
+    "min_speedup": ("headline speedup: median over paired ABBA rounds of (original round median latency / "
+                    "compressed round median latency), not the ratio of the two p50s", False),
+    "max_parity_err": ("largest relative L2 error, over the non-torch backends measured, of the compressed "
+                       "model's logits against PyTorch fp32 eager of the same model on the same inputs", True),
 }
 
 
@@ -78,11 +80,13 @@ def evaluate_gates(
 
     Args:
         max_acc_drop: limit on the top-1 drop in percentage points (original − compressed); None: no gate.
-        min_speedup: minimum headline speedup (×, original latency / compressed latency); None: no gate.
-        max_parity_err: limit on the relative L2 error of the compressed outputs; None: no gate.
+        min_speedup: minimum headline speedup (×, median of paired per-round ratios original / compressed);
+            None: no gate.
+        max_parity_err: limit on the compressed model's largest relative L2 logit error over the backends,
+            each against PyTorch fp32 eager; None: no gate.
         acc_drop: measured top-1 drop in points, or None when accuracy was not measured.
-        speedup: measured headline speedup, or None when latency was not measured.
-        parity_err: measured relative L2 error, or None when parity was not measured.
+        speedup: measured headline speedup (``PairedLatency.speedup``), or None when latency was not measured.
+        parity_err: ``headline_values(...)["parity_err"]``, or None when parity was not measured.
 
     Returns:
         ``{name: Gate}`` for the requested gates only, in the order max_acc_drop, min_speedup, max_parity_err.

@@ -2,12 +2,25 @@
 
 A shared machine drifts: the same ONNX model measured 30 ms and 40 ms a minute apart here. Timing the
 original model first and the compressed one afterwards would fold that drift into the speedup. So
-`measure_paired` warms both runners up, then times them interleaved in short rounds (A×k, B×k, A×k, ...)
-and takes the speedup from each round's pair of medians: drift moves both halves of a round alike.
+`measure_paired` warms both runners up, then times them interleaved in short rounds and takes the
+speedup from each round's pair of medians: drift moves both halves of a round alike.
 
-Runners are duck-typed: anything with ``name``, ``threads`` and ``infer(batch) -> logits`` that is already
-loaded (see `tdexport.runtime`). Timing uses `time.perf_counter_ns` around ``infer``, which returns host
-arrays, so device work is complete when the clock stops.
+Within a round one model necessarily runs first, and going first (or second) can itself cost time: a
+cache the other model just evicted, a clock that ramps up during the round. The order therefore
+alternates ABBA: round 1 runs original then compressed, round 2 compressed then original, and so on,
+with an even number of rounds so each model goes first equally often. The warm-up alternates the same
+way.
+
+Two numbers come out per batch size and must not be confused:
+
+- ``speedup``: the median over rounds of (original round median / compressed round median). This is the
+  headline and what the ``min_speedup`` gate judges (`SPEEDUP_METHOD`).
+- ``p50_ratio``: original p50 / compressed p50 over all timed runs. It is shown for reference; when
+  latency drifts during the run it differs from ``speedup``, which is the drift-robust one.
+
+Runners are duck-typed: anything with ``name`` and ``infer(batch) -> logits`` that is already loaded, and
+optionally ``fixed_batch`` (see `tdexport.runtime`). Timing uses `time.perf_counter_ns` around ``infer``,
+which returns host arrays, so device work is complete when the clock stops.
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,10 +38,31 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["LatencyStats", "PairedLatency", "latency_stats", "measure_paired", "pin_threads"]
+__all__ = [
+    "ORDER",
+    "SPEEDUP_METHOD",
+    "SPEEDUP_METHOD_TEXT",
+    "LatencyStats",
+    "PairedLatency",
+    "latency_stats",
+    "measure_paired",
+    "p50_ratio",
+    "pin_threads",
+]
+
+# Machine-readable name of how ``speedup`` is computed, stored with every measurement and in the report.
+SPEEDUP_METHOD = "median_paired_round_ratio"
+SPEEDUP_METHOD_TEXT = ("speedup = median over paired rounds of (original round median / compressed round "
+                       "median), rounds in ABBA order; the min_speedup gate uses it, not the ratio of the p50s")
+# Order of the two models over consecutive rounds: A B, B A, A B, ...
+ORDER = "ABBA"
 
 # Rounds needed before the p10–p90 band of per-round ratios means something; below it min–max is reported.
 _MIN_ROUNDS_FOR_PERCENTILE_SPREAD = 10
+
+# The clock, looked up at each call rather than bound at import: the tests put a virtual clock here to
+# check the arithmetic of a measurement exactly instead of relying on how fast this machine is.
+_now_ns: Callable[[], int] = time.perf_counter_ns
 
 
 class _Runner(Protocol):
@@ -119,18 +153,37 @@ def latency_stats(samples_ms: Sequence[float], batch: int) -> LatencyStats:
     )
 
 
+def p50_ratio(original: LatencyStats | Mapping[str, Any], compressed: LatencyStats | Mapping[str, Any]) -> float:
+    """Original p50 / compressed p50 (×); NaN when the compressed p50 is 0 or either is missing.
+
+    Args:
+        original: statistics of the original model (`LatencyStats` or its ``to_dict()``).
+        compressed: statistics of the compressed model, same form.
+    """
+    a = original.get("p50") if isinstance(original, Mapping) else original.p50
+    b = compressed.get("p50") if isinstance(compressed, Mapping) else compressed.p50
+    if a is None or b is None or not b > 0:
+        return math.nan
+    return float(a) / float(b)
+
+
 @dataclass(frozen=True)
 class PairedLatency:
-    """Latency of an original and a compressed model timed in interleaved rounds at one batch size.
+    """Latency of an original and a compressed model timed in interleaved ABBA rounds at one batch size.
 
     Attributes:
         batch: images per inference.
         original: statistics of the original model over all its timed runs (ms).
         compressed: statistics of the compressed model over all its timed runs (ms).
         speedup: median over rounds of (original round median / compressed round median); > 1 means faster.
+            Rounds whose compressed median is 0 (a clock coarser than a call) have no ratio.
         speedup_spread: (low, high) of the per-round ratios: their 10th and 90th percentiles when there
-            are at least 10 rounds, else their minimum and maximum. Always contains ``speedup``.
-        rounds: number of paired rounds.
+            are at least 10 ratios, else their minimum and maximum. Always contains ``speedup``.
+        rounds: number of paired rounds (even: each model went first in half of them).
+        round_size: timed inferences of one model per half-round; ``count == rounds * round_size``.
+        round_medians: per round, (original median, compressed median) in ms, in the order the rounds
+            ran; round i (0-based) ran the original first when i is even.
+        warmup_calls: untimed warm-up inferences of (original, compressed).
     """
 
     batch: int
@@ -139,12 +192,22 @@ class PairedLatency:
     speedup: float
     speedup_spread: tuple[float, float]
     rounds: int
+    round_size: int
+    round_medians: tuple[tuple[float, float], ...]
+    warmup_calls: tuple[int, int]
+
+    @property
+    def p50_ratio(self) -> float:
+        """Original p50 / compressed p50 over all timed runs (×); NaN when the compressed p50 is 0."""
+        return p50_ratio(self.original, self.compressed)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the pairing.
+        """JSON-ready dict of the pairing (``round_medians`` stays out: hundreds of numbers per batch).
 
-        Keys: ``original`` and ``compressed`` (see `LatencyStats.to_dict`), ``speedup`` (×),
-        ``speedup_spread`` ([low, high]) and ``rounds``.
+        Keys: ``original`` and ``compressed`` (see `LatencyStats.to_dict`), ``speedup`` (×, what the
+        ``min_speedup`` gate uses), ``speedup_spread`` ([low, high]), ``rounds``, ``p50_ratio`` (×, original
+        p50 / compressed p50), ``speedup_method`` (`SPEEDUP_METHOD`), ``order`` (``"ABBA"``), ``round_size``
+        and ``warmup_calls`` ([original, compressed]).
         """
         return {
             "original": self.original.to_dict(),
@@ -152,28 +215,57 @@ class PairedLatency:
             "speedup": self.speedup,
             "speedup_spread": [self.speedup_spread[0], self.speedup_spread[1]],
             "rounds": self.rounds,
+            "p50_ratio": self.p50_ratio,
+            "speedup_method": SPEEDUP_METHOD,
+            "order": ORDER,
+            "round_size": self.round_size,
+            "warmup_calls": [self.warmup_calls[0], self.warmup_calls[1]],
         }
 
 
 def _timed_calls(runner: _Runner, batch: np.ndarray, calls: int, out: list[int]) -> list[int]:
     """Run ``calls`` inferences, appending each one's duration (ns) to ``out``; returns this round's ns."""
-    clock = time.perf_counter_ns
     this_round = []
     for _ in range(calls):
-        start = clock()
+        start = _now_ns()
         runner.infer(batch)
-        this_round.append(clock() - start)
+        this_round.append(_now_ns() - start)
     out.extend(this_round)
     return this_round
 
 
-def _warm_up(runner: _Runner, batch: np.ndarray, seconds: float) -> None:
-    """Run inferences for at least ``seconds`` (and at least once): lazy allocations, caches, clocks."""
-    deadline = time.perf_counter_ns() + int(seconds * 1e9)
+def _order(round_index: int) -> tuple[int, int]:
+    """Indices (0 original, 1 compressed) in the order they run in round ``round_index`` (0-based): ABBA."""
+    return (0, 1) if round_index % 2 == 0 else (1, 0)
+
+
+def _warm_up(runners: tuple[_Runner, _Runner], batch: np.ndarray, seconds: float) -> tuple[int, int]:
+    """Alternate single untimed inferences (A B, B A, ...) until each runner spent ``seconds`` in ``infer``.
+
+    Each runner runs at least once; one that has had its time sits out while the other catches up, so a
+    slow model does not lengthen the warm-up of a fast one. Returns the calls of (original, compressed).
+    """
+    target = int(seconds * 1e9)
+    spent, calls = [0, 0], [0, 0]
+    turn = 0
     while True:
-        runner.infer(batch)
-        if time.perf_counter_ns() >= deadline:
-            return
+        for i in _order(turn):
+            if calls[i] == 0 or spent[i] < target:
+                start = _now_ns()
+                runners[i].infer(batch)
+                spent[i] += _now_ns() - start
+                calls[i] += 1
+        turn += 1
+        if spent[0] >= target and spent[1] >= target:
+            return calls[0], calls[1]
+
+
+def _check_batch(runner: Any, role: str, n: int) -> None:
+    fixed = getattr(runner, "fixed_batch", None)
+    if fixed is not None and fixed != n:
+        raise UsageError(
+            f"the {role} model's {getattr(runner, 'name', 'runner')} graph has a fixed batch size of {fixed}, so "
+            f"its latency at batch {n} cannot be measured; measure at batch {fixed} or export with a dynamic batch")
 
 
 def measure_paired(
@@ -187,19 +279,20 @@ def measure_paired(
     round_size: int = 5,
     progress: Callable[[int, float], Any] | None = None,
 ) -> PairedLatency:
-    """Time two loaded runners on the same input, interleaved, and derive a drift-robust speedup.
+    """Time two loaded runners on the same input, interleaved in ABBA order, and derive a drift-robust speedup.
 
-    Each runner first runs for ``warmup_s`` seconds (original, then compressed). Then rounds follow:
-    ``round_size`` timed inferences of the original, then ``round_size`` of the compressed model, and
-    so on, until each model has at least ``iterations`` timed runs *and* at least ``duration_s`` seconds
-    have passed since timing started. Garbage collection is paused while timing so that a collection
-    does not land in one model's half of a round.
+    Warm-up: single untimed inferences alternating A B, B A, ... until each runner has spent ``warmup_s``
+    seconds in ``infer`` (at least one call each). Then timed rounds of ``round_size`` inferences per model:
+    round 1 original then compressed, round 2 compressed then original, and so on, until each model has at
+    least ``iterations`` timed runs, at least ``duration_s`` seconds have passed since timing started, and
+    the number of rounds is even. Garbage collection is paused while timing so that a collection does not
+    land in one model's half of a round.
 
     Args:
         original: loaded runner of the reference model (``infer(np.ndarray (N, C, H, W) float32) -> (N, K)``).
         compressed: loaded runner of the compressed model, same interface.
         batch_input: the input batch, shape (N, C, H, W); converted once to contiguous float32.
-        warmup_s: untimed warm-up per runner, seconds (at least one inference each).
+        warmup_s: untimed warm-up per runner, seconds spent in ``infer`` (at least one inference each).
         iterations: minimum timed inferences per runner.
         duration_s: minimum wall time of the timed phase, seconds.
         round_size: consecutive inferences of one runner per half-round.
@@ -209,8 +302,9 @@ def measure_paired(
         `PairedLatency` at batch N, latencies in ms per batch, throughput in images/s.
 
     Raises:
-        UsageError: a non-positive ``iterations`` / ``round_size``, a negative time, or an input that is
-            not 4-D with N ≥ 1.
+        UsageError: a non-positive ``iterations`` / ``round_size``, a negative time, an input that is not
+            4-D with N ≥ 1, or a runner whose ``fixed_batch`` is not N (its graph or engine only runs that
+            batch size: measure at that batch, or skip it, before calling).
     """
     if iterations < 1 or round_size < 1:
         raise UsageError(f"iterations and round_size must be at least 1 (got {iterations}, {round_size})")
@@ -219,37 +313,38 @@ def measure_paired(
     batch = np.ascontiguousarray(batch_input, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[0] < 1:
         raise UsageError(f"latency input must have shape (N, C, H, W) with N >= 1, got {tuple(batch.shape)}")
+    n = batch.shape[0]
+    _check_batch(original, "original", n)
+    _check_batch(compressed, "compressed", n)
+    runners = (original, compressed)
 
-    _warm_up(original, batch, warmup_s)
-    _warm_up(compressed, batch, warmup_s)
+    warmup_calls = _warm_up(runners, batch, warmup_s)
 
-    times_a: list[int] = []
-    times_b: list[int] = []
-    ratios: list[float] = []
+    times: tuple[list[int], list[int]] = ([], [])
+    medians: list[tuple[float, float]] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter_ns()
+        start = _now_ns()
         min_ns = int(duration_s * 1e9)
         while True:
-            round_a = _timed_calls(original, batch, round_size, times_a)
-            round_b = _timed_calls(compressed, batch, round_size, times_b)
-            med_b = statistics.median(round_b)
-            # A zero-length median only happens with a clock coarser than the call; skip that round's ratio.
-            if med_b > 0:
-                ratios.append(statistics.median(round_a) / med_b)
-            elapsed = time.perf_counter_ns() - start
+            this_round: list[list[int]] = [[], []]
+            for i in _order(len(medians)):
+                this_round[i] = _timed_calls(runners[i], batch, round_size, times[i])
+            medians.append((statistics.median(this_round[0]), statistics.median(this_round[1])))
+            elapsed = _now_ns() - start
             if progress is not None:
-                progress(len(times_a) // round_size, elapsed / 1e9)
-            if len(times_a) >= iterations and len(times_b) >= iterations and elapsed >= min_ns:
+                progress(len(medians), elapsed / 1e9)
+            if len(medians) % 2 == 0 and len(times[0]) >= iterations and elapsed >= min_ns:
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
 
-    n = batch.shape[0]
-    rounds = len(times_a) // round_size
+    round_ms = tuple((a / 1e6, b / 1e6) for a, b in medians)
+    # A zero-length median only happens with a clock coarser than the call; that round has no ratio.
+    ratios = [a / b for a, b in round_ms if b > 0]
     if ratios:
         ordered = sorted(ratios)
         speedup = float(statistics.median(ratios))
@@ -261,11 +356,14 @@ def measure_paired(
         speedup, spread = math.nan, (math.nan, math.nan)
     return PairedLatency(
         batch=n,
-        original=latency_stats([t / 1e6 for t in times_a], n),
-        compressed=latency_stats([t / 1e6 for t in times_b], n),
+        original=latency_stats([t / 1e6 for t in times[0]], n),
+        compressed=latency_stats([t / 1e6 for t in times[1]], n),
         speedup=speedup,
         speedup_spread=(float(spread[0]), float(spread[1])),
-        rounds=rounds,
+        rounds=len(medians),
+        round_size=round_size,
+        round_medians=round_ms,
+        warmup_calls=warmup_calls,
     )
 
 

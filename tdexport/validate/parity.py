@@ -7,12 +7,14 @@ no rounding of the order of the fp32 differences it measures.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ParityResult", "compare_outputs"]
+from .accuracy import infer_batches
+
+__all__ = ["PARITY_KEYS", "ParityResult", "compare_outputs", "compare_runners"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class ParityResult:
         """One line for messages, e.g. ``rel_l2=3.1e-07 max_abs=2.4e-06 cos=1.000000 top1=100.0% (N=2)``."""
         return (f"rel_l2={self.rel_l2_err:.3g} max_abs={self.max_abs_err:.3g} cos={self.cosine:.6f} "
                 f"top1={100 * self.top1_agreement:.1f}% (N={self.samples})")
+
+
+# The numbers a parity comparison reports, in report order.
+PARITY_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ParityResult))
 
 
 def _as_float64(values: Any, what: str) -> np.ndarray:
@@ -99,3 +105,29 @@ def compare_outputs(reference: Any, candidate: Any) -> ParityResult:
         top1_agreement=float(np.mean(agree)),
         samples=int(ref.shape[0]),
     )
+
+
+def compare_runners(reference: Any, candidate: Any, inputs: Any) -> ParityResult:
+    """Run two loaded runners on the same inputs and compare their logits.
+
+    Typical use: ``reference`` a `tdexport.runtime.TorchRunner` (PyTorch fp32 eager) and ``candidate`` the
+    same model on another backend. Runners with a ``fixed_batch`` get the inputs split and zero-padded to
+    it (see `tdexport.validate.accuracy.infer_batches`), so any number of inputs works.
+
+    Args:
+        reference: loaded runner of the trusted side; ``infer((N, C, H, W) float32) -> (N, K)``.
+        candidate: loaded runner under test, same interface.
+        inputs: images, shape (N, C, H, W), numpy array or torch tensor (converted to float32).
+
+    Returns:
+        `ParityResult` of candidate vs reference over the N inputs.
+
+    Raises:
+        ValueError: the two runners return logits of different shapes, or there are no inputs.
+    """
+    if hasattr(inputs, "detach"):
+        inputs = inputs.detach().cpu().numpy()
+    x = np.ascontiguousarray(inputs, dtype=np.float32)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"parity inputs must have shape (N, C, H, W) with N >= 1, got {tuple(x.shape)}")
+    return compare_outputs(infer_batches(reference, x), infer_batches(candidate, x))

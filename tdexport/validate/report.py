@@ -2,51 +2,70 @@
 
 `build_report` turns plain measurements into one JSON-ready dict; `write_report` renders every file in
 memory first and only then writes each with a temporary name and `os.replace`, so a failure (say an
-unserialisable value) leaves no file, and a reader never sees a half-written one. Importing this module
-does not import torch or matplotlib.
+unserialisable value) leaves no file, and a reader never sees a half-written one. Rendering lives in
+`tdexport.validate.markdown` (report.md, terminal table) and `tdexport.validate.plots` (PNGs); their
+public names are importable from here too. Importing this module does not import torch or matplotlib.
+
+Schema 2 (this version) differs from schema 1 in: ``parity`` is per backend and per model
+(``{backend: {"original": {...} | None, "compressed": {...} | None}}``) with ``parity_reference`` and
+``parity_note`` beside it; ``environment`` records the device and providers each backend really used
+(``environment["backends"]``, see `tdexport.validate.environment`); each latency block adds
+``p50_ratio``, ``speedup_method``, ``order``, ``round_size`` and ``warmup_calls``; ``headline`` adds
+``p50_ratio``, ``speedup_method`` and ``parity_backend``; ``speedup_definition`` states what the headline
+speedup is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
-import platform
 import tempfile
+import warnings as _warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .environment import environment_info
+from .latency import SPEEDUP_METHOD_TEXT, p50_ratio
+from .markdown import headline_table, render_markdown
+from .parity import PARITY_KEYS
+from .plots import plot_latency, plot_layers
 
 if TYPE_CHECKING:
     from ..plan import Plan
 
 __all__ = [
+    "DRIFT_WARN_FRACTION",
+    "FILES",
     "SCHEMA_VERSION",
     "SLOW_SPEEDUP_FRACTION",
     "build_report",
     "environment_info",
     "headline_table",
     "headline_values",
+    "parity_reference",
+    "render_markdown",
     "write_report",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Below this fraction of the MAC reduction, the measured speedup earns a warning: the factorized layers'
 # extra kernels and memory traffic are eating most of the arithmetic saved.
 SLOW_SPEEDUP_FRACTION = 0.5
+# When the ratio of the p50s and the paired speedup differ by more than this fraction, latency drifted
+# during the run; the warning says which of the two numbers to trust, so they are not read as a contradiction.
+DRIFT_WARN_FRACTION = 0.2
 FILES = {"json": "report.json", "markdown": "report.md", "plot_layers": "plot_layers.png",
          "plot_latency": "plot_latency.png"}
+_SIDES = ("original", "compressed")
 _LAYER_KEYS = ("name", "type", "shape", "decision", "method", "ranks", "params_before", "params_after",
                "macs_before", "macs_after", "rel_error", "reason")
-_STAT_KEYS = ("count", "mean", "stdev", "p50", "p90", "p95", "p99", "throughput")
-_PARITY_KEYS = ("max_abs_err", "rel_l2_err", "cosine", "top1_agreement")
 
 
-# --------------------------------------------------------------------------------------------- building
+# --------------------------------------------------------------------------------------------- helpers
 
 
 def _as_dict(obj: Any) -> dict[str, Any] | None:
@@ -86,62 +105,7 @@ def _pair(original: float | None, compressed: float | None) -> dict[str, Any]:
     return {"original": original, "compressed": compressed, "ratio": _ratio(original, compressed)}
 
 
-def _version(*distributions: str) -> str | None:
-    for dist in distributions:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_info(*, threads: Mapping[str, Any] | None = None, device: str = "cpu",
-                     providers: Sequence[str] | None = None) -> dict[str, Any]:
-    """Versions and hardware the measurements were taken with, for ``report["environment"]``.
-
-    Package versions come from the installed distributions' metadata, so nothing heavy is imported;
-    TensorRT is None when not installed.
-
-    Args:
-        threads: what was pinned, e.g. the dict `tdexport.validate.latency.pin_threads` returns.
-        device: the device measured on, e.g. ``cpu`` or ``cuda:0 (NVIDIA A100)``.
-        providers: ONNX Runtime execution providers; None asks onnxruntime for the available ones.
-
-    Returns:
-        ``{python, platform, cpu, cpu_count, torch, torchvision, onnx, onnxruntime, tensorrt, threads,
-        device, providers}``; versions are strings or None.
-    """
-    if providers is None:
-        try:
-            import onnxruntime
-
-            providers = list(onnxruntime.get_available_providers())
-        except ImportError:
-            providers = []
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": _version("torch"),
-        "torchvision": _version("torchvision"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
-        "tensorrt": _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
-        "threads": dict(threads) if threads is not None else None,
-        "device": device,
-        "providers": list(providers),
-    }
+# --------------------------------------------------------------------------------------------- blocks
 
 
 def _accuracy_block(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,14 +126,79 @@ def _latency_blocks(latency: Mapping[str, Mapping[Any, Any]] | None) -> dict[str
         out[backend] = {}
         for batch in sorted(per_batch, key=int):
             block = _as_dict(per_batch[batch])
+            original, compressed = dict(block["original"]), dict(block["compressed"])
+            warmup = block.get("warmup_calls")
             out[backend][str(int(batch))] = {
-                "original": dict(block["original"]),
-                "compressed": dict(block["compressed"]),
+                "original": original,
+                "compressed": compressed,
                 "speedup": block["speedup"],
                 "speedup_spread": list(block["speedup_spread"]),
                 "rounds": block["rounds"],
+                # Recomputed from the two p50s shown beside it, so the report cannot contradict itself.
+                "p50_ratio": p50_ratio(original, compressed),
+                "speedup_method": block.get("speedup_method"),
+                "order": block.get("order"),
+                "round_size": block.get("round_size"),
+                "warmup_calls": list(warmup) if warmup is not None else None,
             }
     return out
+
+
+def _parity_side(result: Any) -> dict[str, Any] | None:
+    side = _as_dict(result)
+    if side is None:
+        return None
+    return {key: side.get(key) for key in PARITY_KEYS} | side
+
+
+def _parity_blocks(parity: Any) -> dict[str, dict[str, dict[str, Any] | None]] | None:
+    """Normalise ``parity`` to ``{backend: {"original": {...} | None, "compressed": {...} | None}}``."""
+    if parity is None:
+        return None
+    single = _as_dict(parity)
+    if "rel_l2_err" in single:
+        # Schema-1 callers passed the one comparison export_onnx makes: the compressed ONNX on ORT-CPU.
+        _warnings.warn("build_report(parity=<one result>) is deprecated and will be removed in tdexport 0.2; "
+                       "pass {backend: {'original': result | None, 'compressed': result | None}}",
+                       DeprecationWarning, stacklevel=3)
+        return {"ort-cpu": {"original": None, "compressed": _parity_side(single)}}
+    out: dict[str, dict[str, dict[str, Any] | None]] = {}
+    for backend, sides in single.items():
+        if backend == "torch":
+            raise ValueError("parity['torch']: torch fp32 eager is the reference every backend is compared with")
+        if not isinstance(sides, Mapping) or not set(sides) <= set(_SIDES):
+            raise ValueError(f"parity[{backend!r}] must be a mapping with keys 'original' and/or 'compressed', "
+                             f"got {sides!r}")
+        out[str(backend)] = {side: _parity_side(sides.get(side)) for side in _SIDES}
+    return out
+
+
+def parity_reference(parity: Mapping[str, Mapping[str, Any]] | None, inputs: str | None = None) -> str | None:
+    """The sentence saying what the parity numbers compare, for ``report["parity_reference"]``.
+
+    Args:
+        parity: the normalised ``report["parity"]`` (``{backend: {"original", "compressed"}}``) or None.
+        inputs: what the inputs were, e.g. ``"the first 8 test images of digits"``; None: just their count.
+
+    Returns:
+        E.g. ``"logits of each backend (ort-cpu) vs PyTorch fp32 eager of the same model (original vs
+        original, compressed vs compressed) on the same 8 inputs; rel_l2_err = ..."``, or None without parity.
+    """
+    if not parity:
+        return None
+    counts = sorted({side["samples"] for sides in parity.values() for side in sides.values()
+                     if side is not None and side.get("samples") is not None})
+    if len(counts) == 1:
+        how_many = f"{counts[0]} inputs"
+    elif counts:
+        how_many = f"inputs ({' or '.join(map(str, counts))} per comparison)"
+    else:
+        how_many = "inputs"
+    return (f"logits of each backend ({', '.join(parity)}) vs PyTorch fp32 eager of the same model (original vs "
+            f"original, compressed vs compressed) on the same {how_many}"
+            f"{f' ({inputs})' if inputs else ''}; rel_l2_err = ||backend - torch||_2 / ||torch||_2 over all "
+            f"logits, max_abs_err the largest absolute difference, cosine the worst per-sample cosine "
+            f"similarity, top1_agreement the fraction of samples with the same argmax")
 
 
 def _layer_rows(plan: Plan | Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -181,6 +210,26 @@ def _layer_rows(plan: Plan | Mapping[str, Any] | None) -> list[dict[str, Any]]:
         data = entry if isinstance(entry, Mapping) else dataclasses.asdict(entry)
         rows.append({key: data.get(key) for key in _LAYER_KEYS})
     return rows
+
+
+# --------------------------------------------------------------------------------------------- headline
+
+
+def _worst_parity(parity: Mapping[str, Mapping[str, Any]] | None) -> tuple[float | None, str | None]:
+    """(largest compressed rel_l2_err over backends, its backend); NaN when a measured one is NaN/missing."""
+    worst: tuple[float | None, str | None] = (None, None)
+    for backend, sides in (parity or {}).items():
+        side = sides.get("compressed")
+        if side is None:
+            continue
+        err = side.get("rel_l2_err")
+        err = math.nan if err is None else float(err)
+        if math.isnan(err):
+            # An unmeasurable error must fail a max_parity_err gate, not be skipped by the max.
+            return math.nan, backend
+        if worst[0] is None or err > worst[0]:
+            worst = (err, backend)
+    return worst
 
 
 def headline_values(*, accuracy: Mapping[str, Mapping[str, Any]] | None = None,
@@ -197,25 +246,55 @@ def headline_values(*, accuracy: Mapping[str, Mapping[str, Any]] | None = None,
         batch: the batch size of the headline speedup; default the largest measured on that backend.
 
     Returns:
-        ``{"backend": str | None, "batch": int | None, "speedup": × | None, "acc_drop": top-1 points
-        (original − compressed) | None, "parity_err": relative L2 | None}``: feed the last three to
+        ``{"backend": str | None, "batch": int | None, "speedup": × | None, "p50_ratio": × | None,
+        "speedup_method": str | None, "acc_drop": top-1 points (original − compressed) | None,
+        "parity_err": relative L2 | None, "parity_backend": str | None}``. ``speedup`` is the median of
+        paired per-round ratios (what ``min_speedup`` judges); ``p50_ratio`` the ratio of the two p50s at the
+        same backend and batch, for reference. ``parity_err`` is the largest compressed-model ``rel_l2_err``
+        over the backends in ``parity`` (each vs PyTorch fp32 eager; NaN when one of them is NaN), and
+        ``parity_backend`` the backend it came from. Feed ``acc_drop``, ``speedup`` and ``parity_err`` to
         `tdexport.validate.gates.evaluate_gates`.
     """
-    values: dict[str, Any] = {"backend": None, "batch": None, "speedup": None, "acc_drop": None,
-                              "parity_err": None}
+    values: dict[str, Any] = {"backend": None, "batch": None, "speedup": None, "p50_ratio": None,
+                              "speedup_method": None, "acc_drop": None, "parity_err": None, "parity_backend": None}
     lat = _latency_blocks(latency)
     chosen = backend if backend is not None else next(iter(lat), None)
     if chosen in lat and lat[chosen]:
         key = str(batch) if batch is not None else max(lat[chosen], key=int)
         if key in lat[chosen]:
-            values.update(backend=chosen, batch=int(key), speedup=_clean(lat[chosen][key]["speedup"]))
+            block = lat[chosen][key]
+            values.update(backend=chosen, batch=int(key), speedup=_clean(block["speedup"]),
+                          p50_ratio=_clean(block["p50_ratio"]), speedup_method=block["speedup_method"])
     if accuracy:
         acc_backend = chosen if chosen in accuracy else next(iter(accuracy))
         values["acc_drop"] = _accuracy_block(accuracy[acc_backend])["top1_drop"]
-    par = _as_dict(parity)
-    if par is not None:
-        values["parity_err"] = _clean(par.get("rel_l2_err"))
+    values["parity_err"], values["parity_backend"] = _worst_parity(_parity_blocks(parity))
     return values
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _latency_warnings(latency: Mapping[str, Mapping[str, Any]], mac_reduction: float | None) -> list[str]:
+    notes = []
+    for backend, per_batch in latency.items():
+        for batch, block in per_batch.items():
+            speedup, ratio = block["speedup"], block["p50_ratio"]
+            if speedup is None or not math.isfinite(speedup):
+                continue
+            if mac_reduction and speedup / mac_reduction < SLOW_SPEEDUP_FRACTION:
+                notes.append(
+                    f"{backend} batch {batch}: measured speedup {speedup:.2f}x is only "
+                    f"{speedup / mac_reduction:.0%} of the {mac_reduction:.2f}x MAC reduction (below "
+                    f"{SLOW_SPEEDUP_FRACTION:.0%}): the extra kernels of the factorized layers cost more "
+                    f"than the arithmetic saves on this backend")
+            if ratio is not None and math.isfinite(ratio) and speedup > 0 and \
+                    abs(ratio / speedup - 1) > DRIFT_WARN_FRACTION:
+                notes.append(
+                    f"{backend} batch {batch}: the ratio of the p50s ({ratio:.2f}x) differs from the paired "
+                    f"speedup ({speedup:.2f}x) by more than {DRIFT_WARN_FRACTION:.0%}: latency drifted during the "
+                    f"run; the paired speedup cancels drift and is what the min_speedup gate uses")
+    return notes
 
 
 def build_report(
@@ -226,7 +305,9 @@ def build_report(
     macs: tuple[int, int] | None = None,
     accuracy: Mapping[str, Mapping[str, Any]] | None = None,
     accuracy_note: str | None = None,
-    parity: Any = None,
+    parity: Mapping[str, Mapping[str, Any]] | None = None,
+    parity_note: str | None = None,
+    parity_inputs: str | None = None,
     latency: Mapping[str, Mapping[int, Any]] | None = None,
     gates: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
@@ -234,7 +315,7 @@ def build_report(
     headline: tuple[str, int] | None = None,
     created: datetime | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report dict (schema version 1) from plain measurements; writes nothing.
+    """Assemble the report dict (schema version 2) from plain measurements; writes nothing.
 
     Args:
         plan: the compression `Plan` (or its plan.json dict): model info, params/MACs totals, layer table.
@@ -244,8 +325,16 @@ def build_report(
         accuracy: ``{backend: {"original": Accuracy | {top1, top5, samples}, "compressed": same,
             "dataset": str}}`` (top-1/top-5 in percent); None when not measured.
         accuracy_note: why accuracy is None (e.g. ``"no --data given"``), or a remark on it.
-        parity: a `ParityResult`-like object (``to_dict()``) or mapping with ``max_abs_err``, ``rel_l2_err``,
-            ``cosine``, ``top1_agreement`` (missing ones become None; extra keys are kept); None when absent.
+        parity: ``{backend: {"original": ParityResult | mapping | None, "compressed": same}}`` for every
+            non-torch backend run, each side that model's logits on that backend compared with PyTorch fp32
+            eager of the same model on the same inputs (`tdexport.validate.parity.compare_runners`); None (or
+            a side None) when not measured. Mappings hold ``max_abs_err``, ``rel_l2_err``, ``cosine``,
+            ``top1_agreement``, ``samples`` (missing ones become None; extra keys are kept). A single result
+            (schema 1) is still read, as the compressed model on ort-cpu, with a DeprecationWarning.
+        parity_note: why parity (or one side of it) is missing, or a remark on it; default when ``parity``
+            is None: ``"parity was not measured"``.
+        parity_inputs: what the parity inputs were, for ``parity_reference`` (e.g. ``"the first 8 test
+            images of digits"``); None: only their count is given.
         latency: ``{backend: {batch: PairedLatency | PairedLatency.to_dict()}}`` (ms, images/s).
         gates: ``{name: Gate | {limit, value, passed}}`` from `tdexport.validate.gates.evaluate_gates`.
         environment: from `environment_info`, merged over a freshly collected one (None: collect).
@@ -254,15 +343,22 @@ def build_report(
         created: timestamp (UTC); default now.
 
     Returns:
-        A JSON-ready dict with keys ``schema_version``, ``created`` (UTC ISO 8601), ``environment``,
-        ``model``, ``params`` and ``macs`` (each ``{original, compressed, ratio}``, ratio = original /
-        compressed), ``mac_reduction``, ``accuracy`` (``{backend: {original: {top1, top5}, compressed:
-        {top1, top5}, top1_drop, dataset, samples}}`` or None), ``accuracy_note``, ``parity``, ``latency``
-        (``{backend: {"BATCH": {original: {unit, count, mean, stdev, p50, p90, p95, p99, throughput},
-        compressed: {...}, speedup, speedup_spread, rounds}}}``), ``headline`` (see `headline_values`),
-        ``warnings`` (list of str), ``gates`` (``{name: {limit, value, passed}}``), ``gates_passed``
-        (bool, or None without gates), ``units`` and ``layers`` (the per-layer table). Non-finite floats
-        become None.
+        A JSON-ready dict with keys ``schema_version`` (2), ``created`` (UTC ISO 8601), ``environment`` (see
+        `environment_info`), ``model``, ``params`` and ``macs`` (each ``{original, compressed, ratio}``, ratio
+        = original / compressed), ``mac_reduction``, ``accuracy`` (``{backend: {original: {top1, top5},
+        compressed: {top1, top5}, top1_drop, dataset, samples}}`` or None), ``accuracy_note``, ``parity``
+        (``{backend: {original: {max_abs_err, rel_l2_err, cosine, top1_agreement, samples} | None,
+        compressed: ...}}`` or None), ``parity_reference`` (see `parity_reference`; None without parity),
+        ``parity_note``, ``latency`` (``{backend: {"BATCH": {original: {unit, count, mean, stdev, p50, p90,
+        p95, p99, throughput}, compressed: {...}, speedup, speedup_spread, rounds, p50_ratio,
+        speedup_method, order, round_size, warmup_calls}}}``), ``speedup_definition`` (the sentence saying
+        what ``speedup`` is and that the gate uses it), ``headline`` (see `headline_values`), ``warnings``
+        (list of str), ``gates`` (``{name: {limit, value, passed}}``), ``gates_passed`` (bool, or None
+        without gates), ``units`` and ``layers`` (the per-layer table). Non-finite floats become None.
+
+    Raises:
+        ValueError: ``parity`` has a ``torch`` entry (it is the reference) or a backend entry with keys
+            other than ``original`` / ``compressed``.
     """
     plan_data = _as_dict(plan) if plan is not None else None
     model_info: dict[str, Any] = {}
@@ -280,25 +376,13 @@ def build_report(
     accuracy_out = {b: _accuracy_block(entry) for b, entry in accuracy.items()} if accuracy else None
     if accuracy_out is None and accuracy_note is None:
         accuracy_note = "accuracy was not measured"
-    parity_out = None
-    if parity is not None:
-        par = _as_dict(parity)
-        parity_out = {key: par.get(key) for key in _PARITY_KEYS} | par
+    parity_out = _parity_blocks(parity)
+    if parity_out is None and parity_note is None:
+        parity_note = "parity was not measured"
     latency_out = _latency_blocks(latency)
     gates_out = {name: _as_dict(gate) for name, gate in (gates or {}).items()}
 
-    notes = list(warnings)
-    for backend, per_batch in latency_out.items():
-        for batch, block in per_batch.items():
-            speedup = block["speedup"]
-            if not mac_reduction or speedup is None or not math.isfinite(speedup):
-                continue
-            if speedup / mac_reduction < SLOW_SPEEDUP_FRACTION:
-                notes.append(
-                    f"{backend} batch {batch}: measured speedup {speedup:.2f}x is only "
-                    f"{speedup / mac_reduction:.0%} of the {mac_reduction:.2f}x MAC reduction (below "
-                    f"{SLOW_SPEEDUP_FRACTION:.0%}): the extra kernels of the factorized layers cost more "
-                    f"than the arithmetic saves on this backend")
+    notes = list(warnings) + _latency_warnings(latency_out, mac_reduction)
     for backend, block in (accuracy or {}).items():
         n_orig = _as_dict(block["original"]).get("samples")
         n_comp = _as_dict(block["compressed"]).get("samples")
@@ -318,259 +402,25 @@ def build_report(
         "accuracy": accuracy_out,
         "accuracy_note": accuracy_note,
         "parity": parity_out,
+        "parity_reference": parity_reference(parity_out, parity_inputs),
+        "parity_note": parity_note,
         "latency": latency_out,
-        "headline": headline_values(accuracy=accuracy, latency=latency, parity=parity,
+        "speedup_definition": SPEEDUP_METHOD_TEXT if latency_out else None,
+        "headline": headline_values(accuracy=accuracy, latency=latency, parity=parity_out,
                                     backend=headline[0] if headline else None,
                                     batch=headline[1] if headline else None),
         "warnings": notes,
         "gates": gates_out,
         "gates_passed": all(g["passed"] for g in gates_out.values()) if gates_out else None,
         "units": {"latency": "ms per batch", "throughput": "images/s", "accuracy": "percent",
-                  "top1_drop": "percentage points", "macs": "multiply-accumulates per image"},
+                  "top1_drop": "percentage points", "macs": "multiply-accumulates per image",
+                  "speedup": "x (original / compressed)"},
         "layers": _layer_rows(plan_data),
     }
     return _clean(report)
 
 
-# --------------------------------------------------------------------------------------------- rendering
-
-
-def _count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}"
-
-
-def _num(x: float | None, fmt: str = ".2f", suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{fmt}}{suffix}"
-
-
-def _ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.2f}" if x >= 1 else f"{x:.3f}"
-
-
-def _before_after(before: float | None, after: float | None) -> str:
-    return _count(before) if before == after else f"{_count(before)} → {_count(after)}"
-
-
-def _speedup(block: Mapping[str, Any]) -> str:
-    low, high = block["speedup_spread"]
-    if block["speedup"] is None:
-        return "-"
-    return f"{block['speedup']:.2f}x ({_num(low)}-{_num(high)}, {block['rounds']} rounds)"
-
-
-def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, original, compressed, change) rows shared by the Markdown and terminal tables."""
-    rows = []
-    for key, label, verb in (("params", "parameters", "fewer"), ("macs", "MACs / image", "fewer")):
-        pair = report.get(key) or {}
-        ratio = pair.get("ratio")
-        rows.append((label, _count(pair.get("original")), _count(pair.get("compressed")),
-                     f"{ratio:.2f}x {verb}" if ratio else "-"))
-    if report.get("accuracy"):
-        for backend, acc in report["accuracy"].items():
-            where = f"{backend}, {acc.get('dataset') or 'data'}, n={acc.get('samples')}"
-            for k in ("top1", "top5"):
-                drop = acc["original"][k] - acc["compressed"][k]
-                rows.append((f"{'top-1' if k == 'top1' else 'top-5'} % ({where})", _num(acc["original"][k]),
-                             _num(acc["compressed"][k]), f"{-drop:+.2f} pt"))
-    else:
-        rows.append(("top-1 %", "-", "-", report.get("accuracy_note") or "not measured"))
-    for backend, per_batch in (report.get("latency") or {}).items():
-        for batch, block in per_batch.items():
-            o, c = block["original"], block["compressed"]
-            rows.append((f"latency ms p50 / mean ({backend}, batch {batch})", f"{_ms(o['p50'])} / {_ms(o['mean'])}",
-                         f"{_ms(c['p50'])} / {_ms(c['mean'])}", _speedup(block)))
-    return rows
-
-
-def headline_table(report: Mapping[str, Any]) -> str:
-    """Plain-text headline table for the terminal: params, MACs, top-1/top-5, latency per backend and batch.
-
-    Args:
-        report: a dict from `build_report` (or a loaded report.json).
-
-    Returns:
-        Fixed-width lines (no colour): metric, original, compressed, change; latency in ms per batch
-        (p50 / mean), speedup as × with its per-round spread, then any warnings and gate results.
-    """
-    rows = [("", "original", "compressed", "change")] + _headline_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    for name, gate in (report.get("gates") or {}).items():
-        lines.append(f"gate {name}: {'PASS' if gate['passed'] else 'FAIL'} (value {_num(gate['value'], '.4g')}, "
-                     f"limit {gate['limit']:.4g})")
-    lines.extend(f"warning: {w}" for w in report.get("warnings") or [])
-    return "\n".join(lines)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _markdown(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> str:
-    model = report.get("model") or {}
-    title = model.get("name") or "model"
-    details = ", ".join(str(model[k]) for k in ("format", "rank_rule") if model.get(k))
-    out = [f"# tdexport report: {title}" + (f" ({details})" if details else ""), "",
-           f"Created {report.get('created')} · schema {report.get('schema_version')}", "", "## Headline", ""]
-    out += _md_table(("metric", "original", "compressed", "change"), _headline_rows(report))
-    if report.get("accuracy") is None:
-        out += [f"Accuracy not reported: {report.get('accuracy_note')}.", ""]
-    elif report.get("accuracy_note"):
-        out += [f"Note: {report['accuracy_note']}", ""]
-
-    out += ["## Gates", ""]
-    gates = report.get("gates") or {}
-    if gates:
-        out += _md_table(("gate", "limit", "value", "result"),
-                         [(n, f"{g['limit']:.4g}", _num(g["value"], ".4g", "") if g["value"] is not None
-                           else "unavailable", "**PASS**" if g["passed"] else "**FAIL**") for n, g in gates.items()])
-    else:
-        out += ["No gates requested.", ""]
-
-    out += ["## Parity", ""]
-    parity = report.get("parity")
-    if parity:
-        keys = [*_PARITY_KEYS, *(k for k in parity if k not in _PARITY_KEYS)]
-        values = [parity.get(k) for k in keys]
-        out += _md_table(keys, [[f"{v:.6g}" if isinstance(v, float) else "-" if v is None else v for v in values]])
-    else:
-        out += ["Parity not measured.", ""]
-
-    out += ["## Warnings", ""]
-    out += [f"- {w}" for w in report.get("warnings") or []] or ["None."]
-    out += [""]
-
-    if report.get("latency"):
-        out += ["## Latency detail (ms per batch; throughput in images/s)", ""]
-        rows = []
-        for backend, per_batch in report["latency"].items():
-            for batch, block in per_batch.items():
-                for which in ("original", "compressed"):
-                    s = block[which]
-                    rows.append([backend, batch, which, s["count"], *(_ms(s[k]) for k in _STAT_KEYS[1:-1]),
-                                 _num(s["throughput"], ".1f")])
-        out += _md_table(["backend", "batch", "model", *_STAT_KEYS[:-1], "throughput"], rows)
-
-    env = report.get("environment") or {}
-    out += ["## Environment", ""]
-    out += [f"- {k}: {v}" for k, v in env.items()] + [""]
-
-    out += ["## Layers", ""]
-    if layers:
-        rows = [[e["name"], e["type"], "x".join(map(str, e["shape"] or [])), e["decision"], e["method"] or "-",
-                 ",".join(map(str, e["ranks"] or [])) or "-",
-                 _before_after(e["params_before"], e["params_after"]), _before_after(e["macs_before"], e["macs_after"]),
-                 _num(e["rel_error"], ".4f"),
-                 e["reason"]] for e in layers]
-        out += _md_table(("layer", "type", "shape", "decision", "method", "ranks", "params", "MACs", "rel. error",
-                          "reason"), rows)
-    else:
-        out += ["No per-layer plan.", ""]
-    return "\n".join(out)
-
-
-def _figure(width: float, height: float) -> Any:
-    # The Agg canvas is attached to the figure directly instead of going through pyplot: no global backend
-    # switch in the caller's process (a notebook keeps its own), no pyplot figure registry to leak.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
-def _plot_layers(layers: Sequence[Mapping[str, Any]]) -> bytes:
-    """Horizontal bars per decomposed layer: MACs before/after and ranks against the full mode sizes."""
-    done = [e for e in layers if e["decision"] == "decomposed"]
-    fig = _figure(12, max(3.0, 0.3 * len(done) + 1.5))
-    if not done:
-        fig.text(0.5, 0.5, "no decomposed layers", ha="center", va="center")
-        return _png(fig)
-    ax_macs, ax_ranks = fig.subplots(1, 2, sharey=True)
-    y = list(range(len(done)))
-    h = 0.4
-    # Linear axis on purpose: bars on a log axis make a 4x cut look like a sliver of the original.
-    ax_macs.barh([v - h / 2 for v in y], [e["macs_before"] / 1e6 for e in done], h, label="before")
-    ax_macs.barh([v + h / 2 for v in y], [e["macs_after"] / 1e6 for e in done], h, label="after")
-    ax_macs.set_xlabel("MACs per image (millions)")
-    ax_macs.set_yticks(y, [e["name"] for e in done], fontsize=7)
-    ax_macs.invert_yaxis()
-    ax_macs.legend(fontsize=8)
-    first = [e["ranks"][0] if e["ranks"] else 0 for e in done]
-    second = [e["ranks"][1] if len(e["ranks"] or []) > 1 else 0 for e in done]
-    ax_ranks.barh([v - h / 2 for v in y], first, h, label="rank (output / only)")
-    ax_ranks.barh([v + h / 2 for v in y], second, h, label="rank (input)")
-    sizes_y, sizes_x = [], []
-    for v, e in zip(y, done, strict=True):
-        shape = e["shape"] or []
-        if e["method"] == "tucker2" and len(shape) >= 2:
-            sizes_y += [v - h / 2, v + h / 2]
-            sizes_x += [shape[0], shape[1]]
-        elif e["method"] == "svd" and len(shape) >= 2:
-            sizes_y.append(v - h / 2)
-            sizes_x.append(min(shape[0], math.prod(shape[1:])))
-    if sizes_x:
-        ax_ranks.scatter(sizes_x, sizes_y, marker="|", color="black", s=60, label="full size")
-    ax_ranks.set_xlabel("rank")
-    ax_ranks.legend(fontsize=8)
-    fig.suptitle("Decomposed layers")
-    return _png(fig)
-
-
-def _plot_latency(latency: Mapping[str, Mapping[str, Any]] | None) -> bytes:
-    """One panel per backend: mean latency (± stdev) against batch size for both models, speedups annotated."""
-    from matplotlib.ticker import ScalarFormatter
-
-    backends = list(latency or {})
-    fig = _figure(max(5.0, 4.5 * len(backends)), 4.0)
-    if not backends:
-        fig.text(0.5, 0.5, "no latency measured", ha="center", va="center")
-        return _png(fig)
-    axes = fig.subplots(1, len(backends), squeeze=False)[0]
-    for ax, backend in zip(axes, backends, strict=True):
-        per_batch = latency[backend]
-        batches = list(per_batch)
-        x = list(range(len(batches)))
-        for which in ("original", "compressed"):
-            stats = [per_batch[b][which] for b in batches]
-            ax.errorbar(x, [s["mean"] for s in stats], yerr=[s["stdev"] for s in stats], marker="o", capsize=3,
-                        label=which)
-        # Batch sizes span orders of magnitude of latency; a log axis keeps batch 1 readable next to 256.
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        for v, b in zip(x, batches, strict=True):
-            s = per_batch[b]["speedup"]
-            ax.annotate(f"{s:.2f}x" if s is not None else "-", (v, per_batch[b]["compressed"]["mean"]),
-                        ha="center", va="top", fontsize=8, xytext=(0, -8), textcoords="offset points")
-        ax.set_xticks(x, batches)
-        ax.set_xlim(-0.5, len(batches) - 0.5)
-        ax.margins(y=0.2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("mean latency (ms per batch)")
-        ax.set_title(f"{backend} (speedup under each pair)")
-        ax.legend(fontsize=8)
-    return _png(fig)
+# --------------------------------------------------------------------------------------------- writing
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -612,9 +462,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path, *,
     layers = _layer_rows(plan) if plan is not None else list(report.get("layers") or [])
     contents = {
         "json": text.encode(),
-        "markdown": (_markdown(report, layers) + "\n").encode(),
-        "plot_layers": _plot_layers(layers),
-        "plot_latency": _plot_latency(report.get("latency")),
+        "markdown": (render_markdown(report, layers) + "\n").encode(),
+        "plot_layers": plot_layers(layers),
+        "plot_latency": plot_latency(report.get("latency")),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""Backend names, the runner factory and the probe of which backends work on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .._lazy import require
+from ..errors import BackendUnavailable, UsageError
+from ._base import Runner
+from ._ort import OrtRunner
+from ._torch import TorchRunner
+from ._trt import TrtRunner
+
+BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+
+
+def make_runner(backend: str, artifact: nn.Module | str | Path, *, threads: int | None = None) -> Runner:
+    """Runner for a backend name (not loaded yet).
+
+    Args:
+        backend: one of `BACKENDS`: ``torch`` (takes an ``nn.Module``, runs on CPU), ``ort-cpu``, ``ort-cuda``,
+            ``ort-trt`` (take an .onnx path) or ``trt`` (a TensorRT engine or .onnx path).
+        artifact: the module or file the backend runs.
+        threads: intra-op threads for CPU backends; None keeps the backend's default.
+
+    Raises:
+        UsageError: unknown backend, or an artifact of the wrong kind for it.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if not isinstance(artifact, nn.Module):
+            raise UsageError(f"backend 'torch' runs an nn.Module, got {type(artifact).__name__}")
+        return TorchRunner(artifact, threads=threads)
+    if not isinstance(artifact, (str, Path)):
+        raise UsageError(f"backend '{backend}' runs a model file, got {type(artifact).__name__}")
+    if backend == "trt":
+        return TrtRunner(artifact, threads=threads)
+    return OrtRunner(artifact, provider=backend.removeprefix("ort-"), threads=threads)
+
+
+def _identity_model_bytes() -> bytes:
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", io[:1], io[1:])
+    # An explicit, old IR version: onnx's default follows the newest onnx release, which onnxruntime may not read yet.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+def available_backends() -> dict[str, str | None]:
+    """Which backends work here.
+
+    ONNX Runtime providers are probed with a one-node model, since onnxruntime-gpu lists providers whose
+    libraries or device are missing.
+
+    Returns:
+        ``{backend: None if usable, else the reason}`` for every name in `BACKENDS`, in that order.
+    """
+    import torch
+
+    result: dict[str, str | None] = {"torch": None}
+    probe = _identity_model_bytes()
+    for provider in ("cpu", "cuda", "trt"):
+        runner = OrtRunner(probe, provider=provider)
+        try:
+            runner.load()
+        except (BackendUnavailable, UsageError) as err:
+            result[runner.name] = str(err)
+        else:
+            result[runner.name] = None
+        finally:
+            runner.close()
+    try:
+        require("tensorrt", extra="tensorrt")
+    except BackendUnavailable as err:
+        result["trt"] = f"trt: {err}"
+    else:
+        result["trt"] = None if torch.cuda.is_available() else "trt: tensorrt is installed but there is no CUDA device"
+    return result
