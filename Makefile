@@ -20,7 +20,7 @@ install: $(STAMP)
 # reused), compressed with Tucker-2 at half the ranks, fine-tuned 4 epochs, exported and validated.
 demo: $(STAMP) $(DEMO_BASE)/model.safetensors
 	$(VENV)/bin/tdexport compress-and-export resnet20 --weights $(DEMO_BASE) --data digits \
-		--format tucker --rank ratio:0.5 --finetune-epochs 4 --out $(DEMO_OUT)
+		--format tucker --rank ratio:0.5 --finetune-epochs 4 --out $(DEMO_OUT) --overwrite
 
 $(DEMO_BASE)/model.safetensors: | $(STAMP)
 	rm -rf $(DEMO_BASE)

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from . import checkpoint
-from . import plan as _plan
+from . import planner as _planner
 from .plan import Compressed, Plan
 from .zoo import create_model, model_info
 
@@ -51,7 +51,7 @@ def compress(
         num_classes: classifier width of a zoo model (default: the model's own).
         input_shape: (C, H, W); defaults to the zoo model's input resolution.
         model_name: name recorded in the plan for a module (default ``custom``).
-        **options: passed to `tdexport.plan.compress` (round_to, layers, exclude, include_stem,
+        **options: passed to `tdexport.planner.compress` (round_to, layers, exclude, include_stem,
             include_classifier, iters, cp_iters, progress).
 
     Returns:
@@ -60,7 +60,7 @@ def compress(
     module, shape, name = _resolve(model, weights, num_classes, input_shape, model_name)
     if num_classes is None and isinstance(model, str):
         num_classes = classifier_width(module)
-    result = _plan.compress(module, format=format, rank=rank, input_shape=shape, model_name=name,
+    result = _planner.compress(module, format=format, rank=rank, input_shape=shape, model_name=name,
                             num_classes=num_classes, **options)
     if isinstance(model, str):
         # Recorded so fine-tuning can rebuild the original as a distillation teacher by default.
@@ -76,12 +76,15 @@ def survey(model: nn.Module | str, *, format: str = "tucker", weights: str | Non
     ``stem ...``, ``depthwise conv ...``).
     """
     module, shape, name = _resolve(model, weights, num_classes, input_shape, None)
-    return _plan.survey(module, format=format, input_shape=shape, model_name=name)
+    return _planner.survey(module, format=format, input_shape=shape, model_name=name)
 
 
-def save(directory: str | Path, compressed: Compressed) -> Path:
-    """Write ``DIR/compressed.safetensors`` + ``DIR/plan.json`` atomically; returns the directory."""
-    return checkpoint.save(directory, compressed.model, compressed.plan)
+def save(directory: str | Path, compressed: Compressed, *, overwrite: bool = False) -> Path:
+    """Write ``DIR/compressed.safetensors`` + ``DIR/plan.json`` atomically; returns the directory.
+
+    An existing non-empty ``directory`` is refused (`UsageError`) unless ``overwrite``, which replaces it whole.
+    """
+    return checkpoint.save(directory, compressed.model, compressed.plan, overwrite=overwrite)
 
 
 def load(directory: str | Path, *, model: nn.Module | None = None) -> nn.Module:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ._io import atomic_dir, atomic_write
 from .errors import UsageError
+from .guards import require_finite
 from .plan import Plan, apply_plan
 from .zoo import create_model, load_weights_into
 
@@ -78,14 +79,20 @@ def save_dense(directory: str | Path, model: nn.Module, *, model_name: str, num_
     return write_files(directory, model, meta=meta)
 
 
-def save(directory: str | Path, model: nn.Module, plan: Plan) -> Path:
+def save(directory: str | Path, model: nn.Module, plan: Plan, *, overwrite: bool = False) -> Path:
     """Write ``model``'s state dict and ``plan`` to ``directory`` atomically.
+
+    Args:
+        directory: the checkpoint folder; it appears whole or not at all.
+        model: the compressed model.
+        plan: its plan.
+        overwrite: replace an existing non-empty ``directory`` whole (refused with `UsageError` otherwise).
 
     Returns:
         The directory path.
     """
     state = _state(model)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "tdexport", "model": plan.model})
         (tmp / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     return Path(directory)
@@ -111,7 +118,9 @@ def load(directory: str | Path, *, model: nn.Module | None = None) -> tuple[nn.M
     if not (directory / PLAN_FILE).is_file() and (directory / MODEL_FILE).is_file():
         meta = read_meta(directory)
         if model is None:
-            return create_model(meta["model"], weights=str(directory), num_classes=meta.get("num_classes")), None
+            dense = create_model(meta["model"], weights=str(directory), num_classes=meta.get("num_classes"))
+            require_finite(dense.state_dict().items(), str(directory / DENSE_WEIGHTS_FILE))
+            return dense, None
         load_weights_into(model, _read_weights(directory / DENSE_WEIGHTS_FILE), source=str(directory))
         return model.eval(), None
     plan = Plan.read(directory / PLAN_FILE)
@@ -119,7 +128,7 @@ def load(directory: str | Path, *, model: nn.Module | None = None) -> tuple[nn.M
     state = _read_weights(weights)
     if model is None:
         model = create_model(plan.model, weights="random", num_classes=plan.num_classes)
-    compressed = apply_plan(model, plan)
+    compressed = apply_plan(model, plan, source=str(directory / PLAN_FILE))
     load_weights_into(compressed, state, source=str(weights))
     return compressed.eval(), plan
 
@@ -128,9 +137,11 @@ def _read_weights(weights: Path) -> dict:
     if not weights.is_file():
         raise UsageError(f"checkpoint weights not found: {weights}")
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"cannot read checkpoint {weights}: {err}") from err
+    require_finite(state.items(), str(weights))
+    return state
 
 
 def read_meta(directory: str | Path) -> dict:

@@ -5,7 +5,8 @@ Internal bugs deliberately sit outside this hierarchy and end the CLI with exit 
 
 from __future__ import annotations
 
-__all__ = ["TdexportError", "UsageError", "DecompositionError", "GateFailed", "BackendUnavailable"]
+__all__ = ["TdexportError", "UsageError", "DecompositionError", "GateFailed", "BackendUnavailable", "first_line",
+           "user_message"]
 
 
 class TdexportError(Exception):
@@ -43,3 +44,18 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     """
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(err).__name__
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a tdexport error as the user should read it.
+
+    An error raised inside a DataLoader worker reaches the main process re-raised by torch with the text
+    "Caught UsageError in DataLoader worker process N." followed by the worker's traceback; the user's
+    message is the traceback's last line, after the exception's qualified name.
+    """
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+        name, sep, rest = last.partition(": ")
+        return rest if sep and name.rsplit(".", 1)[-1] == type(err).__name__ else last
+    return text

@@ -35,6 +35,7 @@ __all__ = [
     "load_svd",
     "structure_for",
     "conv_output_hw",
+    "int_padding",
     "chain_cost",
     "weight_matrix_of",
 ]
@@ -47,12 +48,36 @@ def _conv(cin: int, cout: int, kernel: tuple[int, int], *, stride=(1, 1), paddin
                      bias=bias, device=p.device, dtype=p.dtype)
 
 
+def int_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """The (ph, pw) zero padding of ``conv`` as integers, or None when no symmetric padding equals it.
+
+    ``padding='valid'`` is (0, 0). ``padding='same'`` (stride 1) pads d·(k − 1) in total per axis; PyTorch
+    puts the odd extra element on the bottom/right, which a symmetric integer padding cannot express, so
+    an odd total gives None and the layer is kept dense rather than factored into a shifted output.
+    """
+    if not isinstance(conv.padding, str):
+        return int(conv.padding[0]), int(conv.padding[1])
+    if conv.padding == "valid":
+        return 0, 0
+    totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if any(t % 2 for t in totals):
+        return None
+    return totals[0] // 2, totals[1] // 2
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, int]:
+    padding = int_padding(conv)
+    if padding is None:
+        raise ValueError(f"padding {conv.padding!r} of a {conv.kernel_size} conv has no symmetric integer form")
+    return padding
+
+
 def tucker2_structure(conv: nn.Conv2d, ranks: Sequence[int]) -> nn.Sequential:
     """Three-conv Tucker-2 chain for ``conv`` at ranks (R_out, R_in), weights uninitialised."""
     r_out, r_in = int(ranks[0]), int(ranks[1])
     return nn.Sequential(
         _conv(conv.in_channels, r_in, (1, 1), like=conv),
-        _conv(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        _conv(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=_padding(conv),
               dilation=conv.dilation, like=conv),
         _conv(r_out, conv.out_channels, (1, 1), bias=conv.bias is not None, like=conv),
     )
@@ -61,7 +86,7 @@ def tucker2_structure(conv: nn.Conv2d, ranks: Sequence[int]) -> nn.Sequential:
 def cp_structure(conv: nn.Conv2d, ranks: Sequence[int]) -> nn.Sequential:
     """Four-conv separable CP chain for ``conv`` at rank (R,), weights uninitialised."""
     r = int(ranks[0])
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, _padding(conv), conv.dilation
     return nn.Sequential(
         _conv(conv.in_channels, r, (1, 1), like=conv),
         _conv(r, r, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=r, like=conv),
@@ -80,7 +105,7 @@ def svd_structure(layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
             nn.Linear(r, layer.out_features, bias=layer.bias is not None, device=p.device, dtype=p.dtype),
         )
     return nn.Sequential(
-        _conv(layer.in_channels, r, (1, 1), stride=layer.stride, padding=layer.padding,
+        _conv(layer.in_channels, r, (1, 1), stride=layer.stride, padding=_padding(layer),
               dilation=layer.dilation, like=layer),
         _conv(r, layer.out_channels, (1, 1), bias=layer.bias is not None, like=layer),
     )
@@ -140,9 +165,16 @@ def load_svd(seq: nn.Sequential, layer: nn.Module, f: SVDFactors) -> nn.Sequenti
 
 
 def conv_output_hw(conv: nn.Conv2d, hw: tuple[int, int]) -> tuple[int, int]:
-    """Spatial output size of ``conv`` for an input of size ``hw`` (PyTorch's floor formula)."""
+    """Spatial output size of ``conv`` for an input of size ``hw`` (PyTorch's floor formula).
+
+    String padding counts as PyTorch applies it: ``'same'`` keeps ``hw`` (it requires stride 1),
+    ``'valid'`` pads nothing.
+    """
+    if conv.padding == "same":
+        return int(hw[0]), int(hw[1])
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
     return tuple(
-        (hw[i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+        (hw[i] + 2 * padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
         for i in range(2)
     )
 

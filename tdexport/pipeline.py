@@ -1,138 +1,105 @@
 """Orchestration: `validate` two models side by side, and `compress_and_export` end to end.
 
-Stages, each owned by its own module: compress (`plan`) → fine-tune (`train.run`) → export
-(`export.onnx`, parity-checked) → accuracy / latency per backend (`runtime` runners measured by
-`validate.accuracy` / `validate.latency`) → gates and report (`validate.gates`, `validate.report`).
-The run folder appears whole or not at all; a failed gate still writes the report, then exits 3.
+Stages, each owned by its own module: compress (`planner`) → fine-tune (`train.run`) → export
+(`export.onnx`, parity-checked) → accuracy / parity / latency per backend (`runtime` runners measured by
+`validate.*`) → gates and report (`validate.gates`, `validate.report`).
+
+Everything that can be checked before the expensive stages is checked first (backends, data set,
+class counts, output folder), so a typo costs seconds, not a fine-tuning run. A run folder appears
+whole or not at all; a failed gate still writes the report, then exits 3. When something fails after
+the compressed checkpoint exists (fine-tuning interrupted, export parity, a crash), the work so far is
+kept in ``OUT.partial`` and ``--resume`` continues from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import checkpoint
+from ._io import atomic_dir, atomic_write, check_out_dir, publish_dir
+from .artifacts import Artifact, dense_artifact, logit_width, resolve
 from .errors import GateFailed, UsageError
-from .plan import Plan, survey
-from .zoo import create_model, model_info
+
+__all__ = ["ORIGINAL_ONNX", "COMPRESSED_ONNX", "RUN_FILE", "Artifact", "resolve", "validate",
+           "validate_into", "compress_and_export", "partial_dir", "check_backends"]
 
 ORIGINAL_ONNX = "original.onnx"
 COMPRESSED_ONNX = "compressed.onnx"
+RUN_FILE = "run.json"
+PARITY_SAMPLES = 8
 
 
-@dataclass
-class Artifact:
-    """One side of a comparison: a torch module, an ONNX file, or both.
-
-    Attributes:
-        label: ``original`` or ``compressed``.
-        source: what the user named (model name, directory or file).
-        module: the torch model (None for an ONNX file given directly).
-        onnx: the ONNX file (None until exported, for a module).
-        input_shape: (C, H, W) of one image.
-        params: parameter count.
-        macs: multiply-accumulates per image (conv and linear layers), or None when unknown.
-        plan: the compression plan, for a compressed checkpoint.
-    """
-
-    label: str
-    source: str
-    module: nn.Module | None
-    onnx: Path | None
-    input_shape: tuple[int, int, int]
-    params: int | None
-    macs: int | None
-    plan: Plan | None = None
+def _say(progress: bool) -> Callable[[str], None]:
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
 
-def _onnx_cost(path: Path) -> tuple[tuple[int, int, int], int, int]:
-    """(input shape, params, MACs per image) of an ONNX classifier, counting Conv / Gemm / MatMul."""
-    import onnx
+def check_backends(backends: Sequence[str]) -> None:
+    """Fail fast (`BackendUnavailable`, exit 4) when a requested backend cannot run on this machine."""
+    from .errors import BackendUnavailable
+    from .runtime import available_backends
 
-    proto = onnx.load(str(path))
-    inits = {i.name: i for i in proto.graph.initializer}
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not all(dims[1:]):
-        raise UsageError(f"{path}: expected one image input (N, C, H, W) with fixed C, H, W, got {dims}")
-    params = sum(int(np.prod(i.dims)) for i in inits.values())
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    macs = 0
-    for node in proto.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.input[1] not in inits:
+    if all(b in ("torch", "ort-cpu") for b in backends):
+        return  # always present; skip probing the GPU providers
+    status = available_backends()
+    missing = [f"{b}: {status[b]}" for b in backends if status.get(b) is not None]
+    if missing:
+        raise BackendUnavailable("; ".join(missing))
+
+
+def _check_data_fits(info: Any, data: str, shape: tuple[int, int, int], widths: dict[str, int]) -> None:
+    """Refuse data whose images or label space do not fit the models (exit 2): a wrong verdict otherwise."""
+    if tuple(info.input_shape) != tuple(shape):
+        raise UsageError(f"--data {data} gives images {tuple(info.input_shape)} but the models take {shape}")
+    for label, width in widths.items():
+        if width == info.num_classes:
             continue
-        w = list(inits[node.input[1]].dims)
-        out = shapes.get(node.output[0])
-        if not out or not all(out[1:]):
-            continue
-        per_output = int(np.prod(w[1:])) if node.op_type == "Conv" else w[0 if node.op_type == "MatMul" else 1]
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
-            per_output = w[0]
-        macs += int(np.prod(out[1:])) * int(per_output)
-    return (dims[1], dims[2], dims[3]), params, macs
+        subset = ""
+        if info.classes_present is not None:
+            subset = (f" (an ImageNet-1k subset of {len(info.classes_present)} classes, labelled in the 1000-class "
+                      f"ImageNet space; use folder:DIR for a {len(info.classes_present)}-class model)")
+        raise UsageError(f"the {label} model has {width} output classes but --data {info.name} has "
+                         f"{info.num_classes}{subset}; accuracy would compare unrelated labels")
 
 
-def resolve(spec: str | Path, *, label: str, weights: str = "default", num_classes: int | None = None) -> Artifact:
-    """Turn a user's model reference into an `Artifact`.
+def _load_checked_data(data: str, shape: tuple[int, int, int], widths: dict[str, int]):
+    """Load the evaluation data after checking it fits both models (see `_check_data_fits`)."""
+    from .data import load_data
 
-    Args:
-        spec: an ``.onnx`` file, a checkpoint/run directory, or a zoo model name.
-        label: ``original`` or ``compressed``.
-        weights: weights of a zoo model name.
-        num_classes: classifier width of a zoo model name.
-    """
-    text = str(spec)
-    path = Path(text)
-    if text.endswith(".onnx"):
-        if not path.is_file():
-            raise UsageError(f"ONNX file not found: {path}")
-        shape, params, macs = _onnx_cost(path)
-        return Artifact(label, text, None, path, shape, params, macs)
-    if path.is_dir():
-        module, plan = checkpoint.load(path)
-        if plan is not None:
-            return Artifact(label, text, module, None, tuple(plan.input_shape), plan.totals["params_after"],
-                            plan.totals["macs_after"], plan)
-        meta = checkpoint.read_meta(path)
-        shape = tuple(meta.get("input_shape") or model_info(meta["model"]).input_shape)
-        return _dense(label, text, module, shape)
-    if path.suffix or "/" in text:
-        raise UsageError(f"{text}: not an .onnx file, a checkpoint directory or a model name")
-    module = create_model(text, weights=weights, num_classes=num_classes)
-    return _dense(label, text, module, tuple(model_info(text).input_shape))
+    bundle = load_data(data, augment=False)
+    _check_data_fits(bundle.info, data, shape, widths)
+    return bundle
 
 
-def _dense(label: str, source: str, module: nn.Module, shape: tuple) -> Artifact:
-    totals = survey(module, input_shape=shape).totals
-    return Artifact(label, source, module, None, tuple(shape), totals["params_before"], totals["macs_before"])
-
-
-def _sample_inputs(loader, shape: tuple[int, int, int], n: int = 8) -> torch.Tensor:
-    """Up to ``n`` real images from the data (parity on real inputs), or seeded N(0, 1) without data."""
-    if loader is not None:
-        images, _ = next(iter(loader))
-        return images[:n].float()
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(1234))
+def _sample_inputs(loader, shape: tuple[int, int, int], n: int) -> torch.Tensor:
+    """``n`` real images from the data (parity on real inputs; repeated when there are fewer), else seeded N(0, 1)."""
+    if loader is None:
+        return torch.randn(n, *shape, generator=torch.Generator().manual_seed(1234))
+    images = []
+    for batch, _ in loader:
+        images.append(batch.float())
+        if sum(len(b) for b in images) >= n:
+            break
+    x = torch.cat(images)
+    return x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
 
 
 def _export(art: Artifact, out: Path, *, opset: int, simplify: bool, parity_inputs: torch.Tensor,
-            max_parity_err: float):
+            max_parity_err: float) -> None:
     from .export.onnx import export_onnx
 
     path = out / (ORIGINAL_ONNX if art.label == "original" else COMPRESSED_ONNX)
-    result = export_onnx(art.module, path, input_shape=art.input_shape, opset=opset, simplify=simplify,
-                         parity_inputs=parity_inputs, max_parity_err=max_parity_err)
+    export_onnx(art.module, path, input_shape=art.input_shape, opset=opset, simplify=simplify,
+                parity_inputs=parity_inputs, max_parity_err=max_parity_err)
     art.onnx = path
-    return result
 
 
 def _artifact_for(art: Artifact, backend: str):
@@ -143,7 +110,24 @@ def _artifact_for(art: Artifact, backend: str):
     return art.onnx
 
 
-def validate(
+def _latency_batches(batch_sizes: Sequence[int] | None, arts: Sequence[Artifact]) -> list[int]:
+    fixed = {a.fixed_batch for a in arts if a.fixed_batch is not None}
+    if len(fixed) > 1:
+        raise UsageError(f"the two ONNX files have different fixed batch sizes {sorted(fixed)}; export both with "
+                         "the same --batch or with a dynamic batch")
+    if not fixed:
+        return list(batch_sizes or (1, 32))
+    (n,) = fixed
+    if batch_sizes is None:
+        return [n]
+    if any(b != n for b in batch_sizes):
+        names = ", ".join(a.source for a in arts if a.fixed_batch is not None)
+        raise UsageError(f"{names} only run(s) batch {n}; --batch-sizes {','.join(map(str, batch_sizes))} "
+                         f"needs a dynamic-batch export (or pass --batch-sizes {n})")
+    return [n]
+
+
+def validate_into(
     original: Artifact,
     compressed: Artifact,
     out: str | Path,
@@ -151,7 +135,7 @@ def validate(
     data: str | None = None,
     limit: int | None = None,
     backends: Sequence[str] = ("ort-cpu",),
-    batch_sizes: Sequence[int] = (1, 32),
+    batch_sizes: Sequence[int] | None = None,
     iterations: int = 50,
     duration: float = 3.0,
     warmup: float = 1.0,
@@ -165,16 +149,18 @@ def validate(
     progress: bool = True,
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Export what needs exporting, measure both models, write the report into ``out``, apply the gates.
+    """Export what needs exporting, measure both models, write the report into ``out`` (an existing folder).
+
+    Use `validate` for a folder that should appear whole; this writes into ``out`` directly.
 
     Args:
         original: the reference model.
         compressed: the model judged against it.
-        out: directory for original.onnx / compressed.onnx (when exported), report.json, report.md, plots.
+        out: folder for original.onnx / compressed.onnx (when exported), report.json, report.md, plots.
         data: data spec for accuracy (and real parity inputs); None: accuracy is null with a note.
         limit: evaluate only the first N test images.
         backends: runners to measure, from `tdexport.runtime.BACKENDS`.
-        batch_sizes: latency batch sizes.
+        batch_sizes: latency batch sizes; None: 1 and 32, or the fixed batch of a fixed-batch ONNX file.
         iterations: minimum timed runs per model and batch size.
         duration: minimum timed seconds per batch size.
         warmup: warm-up seconds per model before timing.
@@ -182,9 +168,10 @@ def validate(
         opset: ONNX opset for exports.
         simplify: try onnxslim on exports.
         max_acc_drop: gate: top-1 points lost (original − compressed).
-        min_speedup: gate: headline speedup (first backend, largest batch).
-        max_parity_err: gate: relative L2 error, ONNX Runtime vs torch, of the compressed export.
-        export_parity_limit: parity an export must meet to be written at all (exit 3 otherwise).
+        min_speedup: gate: headline speedup (first backend, largest batch; median of paired round ratios).
+        max_parity_err: gate: the largest relative L2 error, over the backends run, between the compressed
+            model's logits on a backend and PyTorch fp32 eager logits of the same model on the same inputs.
+        export_parity_limit: parity an export must meet to be written at all (exit 3 before any report).
         progress: progress messages on stderr.
         notes: warnings from earlier stages, listed first in the report.
 
@@ -192,10 +179,11 @@ def validate(
         The report dict (also written as report.json).
 
     Raises:
-        GateFailed: a gate failed (after the report was written) or an export failed parity.
+        UsageError: models that do not fit each other or the data (input shape, class count, fixed batch).
+        GateFailed: a gate failed (after the report was written) or an export failed parity (before).
         BackendUnavailable: a requested backend cannot run here.
     """
-    from .data import load_data, make_loader
+    from .data import make_loader
     from .runtime import make_runner
     from .validate.accuracy import evaluate
     from .validate.gates import evaluate_gates, raise_if_failed
@@ -204,61 +192,147 @@ def validate(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    say = _say(progress)
+    arts = (original, compressed)
     if original.input_shape != compressed.input_shape:
         raise UsageError(f"input shapes differ: original {original.input_shape}, compressed {compressed.input_shape}")
     shape = compressed.input_shape
+    batches = _latency_batches(batch_sizes, arts)
+    widths = {a.label: logit_width(a) for a in arts}
+    if widths["original"] != widths["compressed"]:
+        raise UsageError(f"the original model has {widths['original']} output classes, the compressed one "
+                         f"{widths['compressed']}: they are not the same classifier")
     pinned = pin_threads(threads)
-    loader = None
+    loader = bundle = None
     if data is not None:
-        bundle = load_data(data, augment=False)
-        if tuple(bundle.input_shape) != tuple(shape):
-            raise UsageError(f"--data {data} gives images {tuple(bundle.input_shape)} but the models take {shape}")
+        bundle = _load_checked_data(data, shape, widths)
         loader = make_loader(bundle.test, batch_size=64, train=False)
-    parity = None
-    needs_onnx = any(b != "torch" for b in backends)
-    inputs = _sample_inputs(loader, shape)
-    limit_err = max(export_parity_limit, max_parity_err or 0.0)
-    for art in (original, compressed):
-        if art.onnx is None and art.module is not None and (needs_onnx or art is compressed):
+    inputs = _sample_inputs(loader, shape, PARITY_SAMPLES)
+    for art in arts:
+        if art.onnx is None and art.module is not None and any(b != "torch" for b in backends):
             say(f"exporting {art.label} to ONNX …")
-            result = _export(art, out, opset=opset, simplify=simplify, parity_inputs=inputs,
-                             max_parity_err=limit_err)
-            if art is compressed:
-                parity = result.parity
-    accuracy, latency = ({} if loader is not None else None), {}
-    warnings = list(notes)
+            _export(art, out, opset=opset, simplify=simplify, parity_inputs=inputs, max_parity_err=export_parity_limit)
+    accuracy, latency, parity, used = ({} if loader is not None else None), {}, {}, {}
+    classes = bundle.classes_present if bundle is not None else None
     for backend in backends:
-        runners = [make_runner(backend, _artifact_for(a, backend), threads=threads) for a in (original, compressed)]
+        runners = [make_runner(backend, _artifact_for(a, backend), threads=threads) for a in arts]
         with contextlib.ExitStack() as stack:
             for r in runners:  # loading raises BackendUnavailable (exit 4) naming what is missing
                 stack.enter_context(r)
+            used[backend] = runners[1].device_info()
+            if backend != "torch":
+                say(f"[{backend}] parity against PyTorch fp32 …")
+                parity[backend] = {a.label: _parity_vs_torch(a, r, inputs) for a, r in zip(arts, runners, strict=True)}
             if loader is not None:
                 say(f"[{backend}] accuracy on {bundle.name} …")
-                accs = [evaluate(r, loader, limit=limit) for r in runners]
+                accs = [evaluate(r, loader, limit=limit, classes=classes, expected_classes=bundle.num_classes)
+                        for r in runners]
                 accuracy[backend] = {"original": accs[0], "compressed": accs[1], "dataset": bundle.name}
             latency[backend] = {}
-            for batch in batch_sizes:
+            for batch in batches:
                 say(f"[{backend}] latency at batch {batch} …")
                 x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
                 latency[backend][batch] = measure_paired(runners[0], runners[1], x, warmup_s=warmup,
                                                          iterations=iterations, duration_s=duration)
-    values = headline_values(accuracy=accuracy, latency=latency, parity=parity)
+    values = headline_values(accuracy=accuracy, latency=latency, parity=parity or None)
     gates = evaluate_gates(max_acc_drop=max_acc_drop, min_speedup=min_speedup, max_parity_err=max_parity_err,
                            acc_drop=values["acc_drop"], speedup=values["speedup"], parity_err=values["parity_err"])
     note = None if loader is not None else "no --data given: accuracy not measured"
     report = build_report(
         plan=compressed.plan, params=(original.params, compressed.params), macs=(original.macs, compressed.macs),
         model={"original": original.source, "compressed": compressed.source}, accuracy=accuracy,
-        accuracy_note=note, parity=parity, latency=latency, gates=gates, warnings=warnings,
-        environment=environment_info(threads=pinned),
+        accuracy_note=note, parity=parity or None, parity_note=_parity_note(arts, backends),
+        parity_inputs=(f"the first {len(inputs)} test images of {bundle.name}" if bundle is not None
+                       else f"{len(inputs)} seeded N(0, 1) images"),
+        latency=latency, gates=gates, warnings=list(notes), environment=environment_info(threads=pinned, backends=used),
     )
-    if parity is None:
-        report["parity_note"] = "the compressed model was given as ONNX: no torch model to compare it with"
     write_report(report, out, plan=compressed.plan)
     print(headline_table(report))
     raise_if_failed(gates)
     return report
+
+
+def _parity_vs_torch(art: Artifact, runner: Any, inputs: torch.Tensor):
+    """The artifact's logits on ``runner`` vs PyTorch fp32 eager of its own module (None without a module)."""
+    from .runtime import TorchRunner
+    from .validate.parity import compare_runners
+
+    if art.module is None:
+        return None
+    with TorchRunner(art.module) as reference:
+        return compare_runners(reference, runner, inputs)
+
+
+def _parity_note(arts: Sequence[Artifact], backends: Sequence[str]) -> str | None:
+    if all(b == "torch" for b in backends):
+        return "only the torch backend was run: there is no exported model to compare with PyTorch"
+    onnx_only = [a.label for a in arts if a.module is None]
+    if onnx_only:
+        return (f"{' and '.join(onnx_only)} given as ONNX: there is no PyTorch model to compare "
+                f"{'them' if len(onnx_only) > 1 else 'it'} with")
+    return None
+
+
+@contextlib.contextmanager
+def _report_despite_gate(folder: Path) -> Iterator[list[GateFailed]]:
+    """Let a failed gate (exit 3) through only after the folder it reports into is published.
+
+    A gate that fails after report.json exists is a finished run with a negative verdict: the folder must
+    appear. A GateFailed before the report (an export that fails parity) is a failed run.
+    """
+    failed: list[GateFailed] = []
+    try:
+        yield failed
+    except GateFailed as exc:
+        if not (folder / "report.json").is_file():
+            raise
+        failed.append(exc)
+
+
+def validate(original: Artifact, compressed: Artifact, out: str | Path, *, overwrite: bool = False,
+             **options: Any) -> dict[str, Any]:
+    """`validate_into` a folder that appears whole or not at all.
+
+    Args:
+        original: the reference model.
+        compressed: the model judged against it.
+        out: report folder; an existing non-empty one is refused unless ``overwrite`` (then replaced whole).
+        overwrite: replace an existing ``out``.
+        **options: see `validate_into`.
+
+    Raises:
+        UsageError, GateFailed, BackendUnavailable: as `validate_into`; a failed gate is raised after the
+            folder is published.
+    """
+    with atomic_dir(out, overwrite=overwrite) as tmp, _report_despite_gate(tmp) as failed:
+        report = validate_into(original, compressed, tmp, **options)
+    if failed:
+        raise failed[0]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- compress-and-export
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where `compress_and_export` builds ``out`` and keeps the work of a failed run: ``OUT.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _write_run(stage: Path, state: dict[str, Any]) -> None:
+    text = json.dumps(state, indent=2) + "\n"
+    atomic_write(stage / RUN_FILE, lambda p: p.write_text(text))
+
+
+def _read_run(stage: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((stage / RUN_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--resume: {stage} has no readable {RUN_FILE} ({err}); delete it and start again") from err
+    if not isinstance(state, dict) or state.get("stage") not in ("compressed", "finetuned"):
+        raise UsageError(f"--resume: {stage / RUN_FILE} is not a compress-and-export state; delete {stage}")
+    return state
 
 
 def compress_and_export(
@@ -272,52 +346,113 @@ def compress_and_export(
     data: str | None = None,
     finetune_cfg: Any = None,
     compress_options: dict | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     **validate_options: Any,
 ) -> dict[str, Any]:
     """Compress → (fine-tune) → export both → validate → report, into one run folder.
 
+    Before compressing, everything cheap is checked: the output folder, the backends, the data set and
+    that its class count matches the model. The run is built in ``OUT.partial`` and renamed to ``out``
+    when the report exists (also when a gate then fails, exit 3). If anything fails once the compressed
+    checkpoint is written (Ctrl-C during fine-tuning, an export that fails parity, a crash), ``OUT.partial``
+    is kept, its path printed, and ``resume=True`` continues from it: an interrupted fine-tuning resumes
+    exactly, a finished one is not repeated.
+
     Args:
         model: zoo name.
         out: run folder: plan.json, compressed.safetensors, original.onnx, compressed.onnx, report.json,
-            report.md, plots (and metrics.json / train.log when fine-tuned). Appears whole or not at all.
+            report.md, plots, run.json (and metrics.json / train.log when fine-tuned).
         format: ``tucker``, ``tt``, ``cp`` or ``svd``.
         rank: rank rule.
         weights: weights of the original (``default`` published, ``random``, a path or run directory).
         num_classes: classifier width.
         data: data spec for fine-tuning and accuracy.
         finetune_cfg: a `tdexport.train.TrainConfig` to fine-tune with (None: no fine-tuning).
-        compress_options: passed to `tdexport.plan.compress`.
+        compress_options: passed to `tdexport.planner.compress`.
+        overwrite: replace an existing non-empty ``out`` whole (and discard a stale ``OUT.partial``).
+        resume: continue the failed run kept in ``OUT.partial``; compression settings then come from its plan.
         progress: progress output.
-        **validate_options: passed to `validate` (backends, batch_sizes, gates, …).
+        **validate_options: passed to `validate_into` (backends, batch_sizes, gates, …).
 
     Returns:
         The report dict.
-    """
-    from . import api
 
+    Raises:
+        UsageError: bad input found by the checks (exit 2), before anything expensive runs.
+        BackendUnavailable: a requested backend cannot run here (exit 4), before anything expensive runs.
+        GateFailed: a gate failed (the run folder is complete) or an export failed parity (work kept).
+    """
+    from . import planner
+    from .zoo import create_model, model_info
+
+    out = Path(out)
+    stage = partial_dir(out)
+    say = _say(progress)
     if finetune_cfg is not None and data is None:
         raise UsageError("--finetune-epochs needs --data to train on")
-    failed: GateFailed | None = None
-    with checkpoint.atomic_dir(out) as tmp:
-        result = api.compress(model, format=format, rank=rank, weights=weights, num_classes=num_classes,
-                              **(compress_options or {}))
-        checkpoint.write_files(tmp, result.model, plan=result.plan)
-        notes = []
-        if finetune_cfg is not None:
+    check_out_dir(out, overwrite=overwrite)
+    if resume and not (stage / RUN_FILE).is_file():
+        raise UsageError(f"--resume: nothing to resume, {stage} does not hold an interrupted run")
+    if not resume and stage.exists():
+        if not overwrite:
+            raise UsageError(f"{stage} holds the work of an earlier failed run: pass --resume to continue it, "
+                             f"or --overwrite to discard it")
+        shutil.rmtree(stage)
+    check_backends(validate_options.get("backends", ("ort-cpu",)))
+    info = model_info(model)
+    original = create_model(model, weights=weights, num_classes=num_classes)
+    orig = dense_artifact("original", model, original, tuple(info.input_shape))
+    from .guards import require_finite
+
+    require_finite(original.state_dict().items(), f"{model} (--weights {weights})")
+    if data is not None:
+        from .data import describe_data
+
+        _check_data_fits(describe_data(data), data, orig.input_shape, {"original": logit_width(orig)})
+    state = _read_run(stage) if resume else None
+    if state is not None and (state.get("model"), state.get("weights")) != (model, weights):
+        raise UsageError(f"--resume: {stage} is a run of {state.get('model')} with --weights {state.get('weights')}, "
+                         f"not {model} with --weights {weights}")
+    keep = state is not None
+    try:
+        if state is None:
+            stage.mkdir(parents=True)
+            say("compressing …")
+            from .api import classifier_width
+
+            result = planner.compress(original, format=format, rank=rank, input_shape=info.input_shape,
+                                      model_name=model, num_classes=num_classes or classifier_width(original),
+                                      **(compress_options or {}))
+            result.plan.options["weights"] = weights
+            checkpoint.write_files(stage, result.model, plan=result.plan)
+            state = {"stage": "compressed", "model": model, "weights": weights, "num_classes": num_classes,
+                     "format": format, "rank": rank, "data": data}
+            _write_run(stage, state)
+            keep = True  # from here on the folder holds work worth resuming
+        else:
+            say(f"resuming the run in {stage} (stage: {state['stage']}; compression settings from its plan.json)")
+        if finetune_cfg is not None and state["stage"] == "compressed":
             from .train import run
 
-            run.finetune(tmp, data=data, cfg=finetune_cfg, out=tmp, progress=progress)
-            (tmp / "train_state.pt").unlink(missing_ok=True)  # a finished run has nothing to resume
-        comp = resolve(tmp, label="compressed")
-        comp.source = str(Path(out))
-        orig = resolve(model, label="original", weights=weights, num_classes=num_classes)
-        try:
-            report = validate(orig, comp, tmp, data=data, progress=progress, notes=notes, **validate_options)
-        except GateFailed as exc:
-            if not (tmp / "report.json").is_file():
-                raise
-            failed, report = exc, None
-    if failed is not None:
-        raise failed
+            run.finetune(stage, data=data, cfg=finetune_cfg, out=stage, progress=progress,
+                         resume=(stage / "train_state.pt").is_file() and resume)
+            state["stage"] = "finetuned"
+            _write_run(stage, state)
+        (stage / "train_state.pt").unlink(missing_ok=True)  # a finished fine-tuning has nothing to resume
+        comp = resolve(stage, label="compressed")
+        comp.source = str(out)
+        with _report_despite_gate(stage) as failed:
+            report = validate_into(orig, comp, stage, data=data, progress=progress, **validate_options)
+        publish_dir(stage, out)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(stage, ignore_errors=True)
+        elif stage.exists():
+            print(f"tdexport: the work so far is kept in {stage}; rerun the same command with --resume to "
+                  f"continue from it (or --overwrite to start again)", file=sys.stderr, flush=True)
+        raise
+    if failed:
+        raise failed[0]
     return report

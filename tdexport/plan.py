@@ -1,48 +1,47 @@
-"""Compression plans: per-layer decisions (method, ranks, reason, cost, error) and their application.
+"""Compression plans as data: per-layer decisions, their validation, and `apply_plan`.
 
-`compress` decides and factorizes; `apply_plan` rebuilds the compressed architecture from a plan
-on a fresh model (weights come from the checkpoint). A plan is plain data and round-trips through
-plan.json; modules are never pickled.
+Each layer's entry holds its method, ranks, reason, cost and error; `apply_plan` rebuilds the compressed
+architecture from a plan. A plan is plain data and round-trips through plan.json; modules are never
+pickled. A plan read from disk is untrusted (edited by hand, truncated, from another version):
+`Plan.from_dict` checks its schema and every field's type, and `apply_plan` / `check_layer_fits` check
+each layer's method and ranks against the real layer before anything is allocated, raising `UsageError`
+(exit 2) that names the layer and the field. Deciding and factorizing live in `tdexport.planner`.
 """
 
 from __future__ import annotations
 
-import copy
-import fnmatch
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import layers as L
-from .errors import DecompositionError, UsageError
-from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
-from .factor.cp import cp_als
-from .factor.svd import truncated_svd
-from .factor.tt import tt_conv
-from .factor.tucker import tucker2
-from .ranks import RankRule, mode_rank, parse_rank_rule
+from .errors import UsageError
 
 __all__ = [
     "FORMATS",
+    "METHODS",
+    "PLAN_SCHEMA_VERSION",
     "LayerPlan",
     "Plan",
     "Compressed",
-    "LayerSite",
     "normalise_format",
-    "profile_layers",
-    "compress",
-    "survey",
+    "allowed_methods",
+    "check_layer_fits",
+    "factorable",
+    "module_aliases",
+    "set_submodule",
     "apply_plan",
 ]
 
 PLAN_SCHEMA_VERSION = 1
 FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "tt": "tt", "cp": "cp", "svd": "svd"}
+METHODS = ("tucker2", "tt", "cp", "svd")
+DECISIONS = ("decomposed", "kept")
+LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
 
 
 def normalise_format(name: str) -> str:
@@ -58,7 +57,7 @@ class LayerPlan:
     """The decision for one Conv2d / Linear layer.
 
     Attributes:
-        name: dotted module name in the model.
+        name: dotted module name in the model (the first name when the module is registered under several).
         type: ``Conv2d`` or ``Linear``.
         shape: weight shape, (O, I, kh, kw) or (O, I).
         method: ``tucker2``, ``tt``, ``cp``, ``svd``, or None when kept.
@@ -66,9 +65,10 @@ class LayerPlan:
         decision: ``decomposed`` or ``kept``.
         reason: why (rank rule for decomposed layers, the exclusion for kept ones).
         params_before, params_after: weights + biases of the layer / its replacement.
-        macs_before, macs_after: multiply-accumulates per sample at the model's input resolution.
+        macs_before, macs_after: multiply-accumulates per sample at the model's input resolution, summed
+            over every call of the layer in one forward pass.
         rel_error: ‖W − Ŵ‖_F / ‖W‖_F of the factorization, None when kept.
-        in_hw: input (H, W) of a conv; None for Linear.
+        in_hw: input (H, W) of a conv at its first call; None for Linear.
         tokens: rows a Linear sees per sample (1 for classifiers).
     """
 
@@ -101,6 +101,7 @@ class Plan:
         totals: whole-model ``params_before/after`` and ``macs_before/after`` (conv + linear MACs).
         num_classes: classifier width of the model.
         options: the remaining settings (round_to, globs, iters, ...), for reproduction.
+        schema_version: version of this layout; a newer one than this tdexport knows is refused.
     """
 
     model: str
@@ -118,19 +119,54 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        """Inverse of `to_dict`; raises `UsageError` when required keys are missing."""
-        try:
-            layers = [LayerPlan(**entry) for entry in data["layers"]]
-            fields = {k: data[k] for k in ("model", "format", "rank_rule", "input_shape", "totals")}
-        except (KeyError, TypeError) as err:
-            raise UsageError(f"plan is malformed: {err}") from err
-        extra = {k: data[k] for k in ("num_classes", "options", "schema_version") if k in data}
-        return cls(layers=layers, **fields, **extra)
+    def from_dict(cls, data: Any, *, source: str = "plan") -> Plan:
+        """Inverse of `to_dict`, validating the schema version and every field's type.
+
+        Args:
+            data: the parsed plan.json.
+            source: where it came from (a path), for messages.
+
+        Raises:
+            UsageError: a missing, unknown or mistyped key, a schema version this tdexport does not know,
+                a method that does not exist, or a decomposed layer without method or ranks; the message
+                names the layer and the field.
+        """
+        if not isinstance(data, dict):
+            raise UsageError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", PLAN_SCHEMA_VERSION)
+        if not _is_int(version) or not 1 <= version <= PLAN_SCHEMA_VERSION:
+            raise UsageError(f"{source}: schema_version {version!r} is not one this tdexport reads "
+                             f"(1..{PLAN_SCHEMA_VERSION}); upgrade tdexport or re-create the plan")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; a plan has {', '.join(sorted(known))}")
+        for key in ("model", "format", "rank_rule", "input_shape", "layers", "totals"):
+            if key not in data:
+                raise UsageError(f"{source}: missing key '{key}'")
+        _expect(isinstance(data["model"], str) and data["model"], source, "model", "a model name")
+        _expect(data["format"] in METHODS, source, "format", f"one of {', '.join(METHODS)}")
+        _expect(isinstance(data["rank_rule"], str), source, "rank_rule", "a string")
+        _expect(_int_list(data["input_shape"], 3, minimum=1), source, "input_shape", "[C, H, W], positive integers")
+        _expect(isinstance(data["totals"], dict) and all(_is_int(v) and v >= 0 for v in data["totals"].values()),
+                source, "totals", "an object of non-negative integers")
+        classes = data.get("num_classes")
+        _expect(classes is None or (_is_int(classes) and classes >= 1), source, "num_classes",
+                "a positive integer or null")
+        _expect(isinstance(data.get("options", {}), dict), source, "options", "an object")
+        _expect(isinstance(data["layers"], list), source, "layers", "a list")
+        layers = [_layer_from_dict(entry, source, i) for i, entry in enumerate(data["layers"])]
+        names = [entry.name for entry in layers]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise UsageError(f"{source}: layer '{duplicate}' appears more than once")
+        return cls(model=data["model"], format=data["format"], rank_rule=data["rank_rule"],
+                   input_shape=list(data["input_shape"]), layers=layers, totals=dict(data["totals"]),
+                   num_classes=classes, options=dict(data.get("options", {})), schema_version=int(version))
 
     @classmethod
     def read(cls, path: str | Path) -> Plan:
-        """Load a plan.json, raising `UsageError` (exit 2) for a missing or unreadable file."""
+        """Load and validate a plan.json, raising `UsageError` (exit 2) for a missing, unreadable or invalid file."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -138,7 +174,7 @@ class Plan:
             raise UsageError(f"plan not found: {path}") from None
         except (OSError, ValueError) as err:
             raise UsageError(f"cannot read plan {path}: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(data, source=str(path))
 
     def layer(self, name: str) -> LayerPlan | None:
         """The entry for a layer name, or None."""
@@ -147,325 +183,200 @@ class Plan:
 
 @dataclass
 class Compressed:
-    """Result of `compress`: the factorized model (a new module) and its plan."""
+    """Result of `tdexport.planner.compress`: the factorized model (a new module) and its plan."""
 
     model: nn.Module
     plan: Plan
 
 
-@dataclass
-class LayerSite:
-    """Where a Conv2d / Linear sits in a forward pass: input size, token count, call order."""
-
-    name: str
-    module: nn.Module
-    in_hw: tuple[int, int] | None
-    tokens: int
-    calls: int = 1
+# ---------------------------------------------------------------------------------------------- validation
 
 
-def profile_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSite]:
-    """Run one sample of shape (C, H, W) through ``model`` and record every Conv2d / Linear it executes.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Returns:
-        Sites in execution order (layers never executed, e.g. auxiliary heads in eval, are absent).
+
+def _int_list(value: Any, length: int | tuple[int, ...] | None = None, *, minimum: int = 0) -> bool:
+    lengths = (length,) if isinstance(length, int) else length
+    return (isinstance(value, list) and (lengths is None or len(value) in lengths)
+            and all(_is_int(v) and v >= minimum for v in value))
+
+
+def _expect(ok: bool, source: str, where: str, what: str) -> None:
+    if not ok:
+        raise UsageError(f"{source}: {where} must be {what}")
+
+
+def _layer_from_dict(entry: Any, source: str, index: int) -> LayerPlan:
+    if not isinstance(entry, dict):
+        raise UsageError(f"{source}: layers[{index}] must be an object")
+    name = entry.get("name")
+    where = f"layer '{name}'" if isinstance(name, str) and name else f"layers[{index}]"
+    _expect(isinstance(name, str) and bool(name), source, f"layers[{index}] field 'name'", "a dotted layer name")
+    known = {f.name for f in fields(LayerPlan)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise UsageError(f"{source}: {where}: unknown field(s) {', '.join(unknown)}")
+    required = [f.name for f in fields(LayerPlan) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in entry]
+    if missing:
+        raise UsageError(f"{source}: {where}: missing field(s) {', '.join(missing)}")
+    checks = {
+        "type": (entry["type"] in LAYER_TYPES, f"one of {', '.join(LAYER_TYPES)}"),
+        "shape": (_int_list(entry["shape"], (2, 4), minimum=1), "a list of 2 or 4 positive integers"),
+        "method": (entry["method"] is None or entry["method"] in METHODS, f"null or one of {', '.join(METHODS)}"),
+        "ranks": (_int_list(entry["ranks"], minimum=1), "a list of positive integers"),
+        "decision": (entry["decision"] in DECISIONS, f"one of {', '.join(DECISIONS)}"),
+        "reason": (isinstance(entry["reason"], str), "a string"),
+        "rel_error": (entry.get("rel_error") is None or (isinstance(entry["rel_error"], (int, float))
+                                                         and not isinstance(entry["rel_error"], bool)),
+                      "a number or null"),
+        "in_hw": (entry.get("in_hw") is None or _int_list(entry["in_hw"], 2, minimum=1),
+                  "null or [H, W], positive integers"),
+        "tokens": (_is_int(entry.get("tokens", 1)) and entry.get("tokens", 1) >= 1, "a positive integer"),
+    }
+    for key in ("params_before", "params_after", "macs_before", "macs_after"):
+        checks[key] = (_is_int(entry[key]) and entry[key] >= 0, "a non-negative integer")
+    for key, (ok, what) in checks.items():
+        _expect(ok, source, f"{where} field '{key}'", what)
+    if entry["decision"] == "decomposed" and (entry["method"] is None or not entry["ranks"]):
+        raise UsageError(f"{source}: {where}: a decomposed layer needs a 'method' and 'ranks'")
+    return LayerPlan(**entry)
+
+
+def factorable(module: nn.Module) -> str | None:
+    """None when ``module`` can be replaced by a factor chain, else the reason it must stay dense.
+
+    Only exact ``nn.Conv2d`` / ``nn.Linear`` qualify: a subclass may compute something else than its weight
+    suggests (timm's weight-standardised ``StdConv2d``, ``Conv2dSame``'s dynamic padding), and a chain of
+    plain convs would silently change the model's output.
     """
-    sites: dict[int, LayerSite] = {}
-    names = {id(m): n for n, m in model.named_modules()}
-    hooks = []
-
-    def record(module: nn.Module, inputs: tuple, _out: Any) -> None:
-        x = inputs[0]
-        site = sites.get(id(module))
-        if site is not None:
-            site.calls += 1
-            return
-        if isinstance(module, nn.Conv2d):
-            sites[id(module)] = LayerSite(names[id(module)], module, (int(x.shape[-2]), int(x.shape[-1])), 1)
-        else:
-            sites[id(module)] = LayerSite(names[id(module)], module, None, int(x.numel() // x.shape[-1]))
-
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            hooks.append(m.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return list(sites.values())
-
-
-def _site_cost(site: LayerSite, chain: Sequence[nn.Module]) -> tuple[int, int]:
-    params, macs = L.chain_cost(chain, in_hw=site.in_hw, tokens=site.tokens)
-    return params, macs * site.calls
-
-
-def _method_for(module: nn.Module, fmt: str) -> tuple[str | None, str]:
-    """Method a layer gets under a format, or (None, reason it is kept)."""
-    if isinstance(module, nn.Linear):
-        return "svd", ""
+    kind = type(module)
+    if kind not in (nn.Conv2d, nn.Linear):
+        base = "nn.Conv2d" if isinstance(module, nn.Conv2d) else "nn.Linear"
+        return (f"{kind.__name__} subclasses {base} (its forward may differ from a plain layer's); only exact "
+                "nn.Conv2d / nn.Linear are factored")
+    if kind is nn.Linear:
+        return None
     if module.groups > 1:
-        kind = "depthwise" if module.groups == module.in_channels else "grouped"
-        return None, f"{kind} conv (groups={module.groups})"
+        what = "depthwise" if module.groups == module.in_channels else "grouped"
+        return f"{what} conv (groups={module.groups})"
     if module.padding_mode != "zeros":
-        return None, f"padding_mode '{module.padding_mode}'"
-    if module.kernel_size == (1, 1):
-        return "svd", ""
-    if fmt == "svd":
-        return None, "the svd format factors only 1×1 convs and Linear layers"
-    return fmt, ""
+        return f"padding_mode '{module.padding_mode}'"
+    if L.int_padding(module) is None:
+        return (f"padding={module.padding!r} pads asymmetrically for kernel {module.kernel_size}, dilation "
+                f"{module.dilation}; no symmetric integer padding reproduces it")
+    return None
 
 
-class _Spectra:
-    """Lazily computed spectra of a layer's weight, shared by the rank rule and the factorization."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        self.weight = weight
-        self._cache: dict[str, Spectrum] = {}
-
-    def mode(self, mode: int) -> Spectrum:
-        key = f"mode{mode}"
-        if key not in self._cache:
-            self._cache[key] = mode_spectrum(self.weight, mode)
-        return self._cache[key]
-
-    def matrix(self) -> Spectrum:
-        if "matrix" not in self._cache:
-            m = L.weight_matrix_of(self.weight)
-            self._cache["matrix"] = row_spectrum(m.T if m.shape[0] > m.shape[1] else m)
-        return self._cache["matrix"]
+def allowed_methods(module: nn.Module) -> tuple[str, ...]:
+    """Methods that can factor ``module``: ``svd`` for Linear and 1×1 convs, else ``tucker2``, ``tt``, ``cp``."""
+    if factorable(module) is not None:
+        return ()
+    if isinstance(module, nn.Linear) or module.kernel_size == (1, 1):
+        return ("svd",)
+    return ("tucker2", "tt", "cp")
 
 
-def _resolve_ranks(method: str, weight: torch.Tensor, rule: RankRule, spectra: _Spectra,
-                   round_to: int | None) -> list[int]:
+def _rank_limits(module: nn.Module, method: str) -> list[int]:
+    w = module.weight
+    o, i = int(w.shape[0]), int(w[0].numel() if method == "svd" else w.shape[1])
     if method == "svd":
-        o, i = weight.shape[0], weight[0].numel()
-        values = spectra.matrix().values if rule.needs_spectrum else None
-        return [mode_rank(rule, min(o, i), values=values, shape=(o, i), round_to=round_to)]
-    per_mode = []
-    for mode in (0, 1):
-        size = weight.shape[mode]
-        values = spectra.mode(mode).values if rule.needs_spectrum else None
-        shape = tuple(unfold(weight, mode).shape) if rule.needs_spectrum else None
-        if method == "cp" and rule.kind in ("ratio", "fixed"):
-            # CP has one rank: ratio is of the output channels; a fixed rank may exceed a mode size
-            # (CP ranks are not bounded by mode sizes) but not the larger channel count.
-            size = max(weight.shape[0], weight.shape[1]) if rule.kind == "fixed" else weight.shape[0]
-            return [mode_rank(rule, size, round_to=round_to)]
-        per_mode.append(mode_rank(rule, size, values=values, shape=shape, round_to=round_to))
-    return [max(per_mode)] if method == "cp" else per_mode
-
-
-def _decompose(method: str, module: nn.Module, ranks: list[int], spectra: _Spectra, *, iters: int,
-               cp_iters: int) -> tuple[nn.Sequential, float]:
-    weight = module.weight.detach()
-    seq = L.structure_for(method, module, ranks)
-    if method == "tucker2":
-        f = tucker2(weight, (ranks[0], ranks[1]), iters=iters, spectra=[spectra.mode(0), spectra.mode(1)])
-        return L.load_tucker2(seq, module, f), f.errors[-1]
-    if method == "tt":
-        f = tt_conv(weight, (ranks[0], ranks[1]))
-        return L.load_tucker2(seq, module, f), f.errors[-1]
+        return [min(o, i)]
     if method == "cp":
-        f = cp_als(weight, ranks[0], iters=cp_iters, generator=torch.Generator().manual_seed(0))
-        return L.load_cp(seq, module, f), f.rel_error(weight)
-    matrix = L.weight_matrix_of(weight)
-    f = truncated_svd(matrix, ranks[0], spectrum=spectra.matrix())
-    return L.load_svd(seq, module, f), f.rel_error(matrix)
+        # The CP rank of a tensor never exceeds the product of all its sizes but the largest one.
+        dims = sorted(int(d) for d in w.shape)
+        return [math.prod(dims[:-1])]
+    return [o, i]
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def check_layer_fits(entry: LayerPlan, module: nn.Module, *, source: str = "plan") -> None:
+    """Check a decomposed plan entry against the real layer it replaces.
+
+    Raises:
+        UsageError: the layer is not a factorable Conv2d / Linear of the planned type and shape, the method
+            does not apply to it, or the ranks are of the wrong count or outside [1, limit] (Tucker-2 / TT:
+            (≤ O, ≤ I); SVD: ≤ min(O, I·kh·kw); CP: ≤ the product of all kernel sizes but the largest).
+    """
+    where = f"{source}: layer '{entry.name}'"
+    if not isinstance(module, LAYER_TYPES[entry.type]):
+        raise UsageError(f"{where} field 'type': plan says {entry.type}, the model has {type(module).__name__}")
+    if list(module.weight.shape) != list(entry.shape):
+        raise UsageError(f"{where} field 'shape': plan says {entry.shape}, the model's weight is "
+                         f"{list(module.weight.shape)}")
+    why = factorable(module)
+    if why is not None:
+        raise UsageError(f"{where} field 'decision': the layer cannot be factored: {why}")
+    allowed = allowed_methods(module)
+    if entry.method not in allowed:
+        raise UsageError(f"{where} field 'method': '{entry.method}' does not apply to {entry.type} "
+                         f"{tuple(entry.shape)}; allowed: {', '.join(allowed)}")
+    limits = _rank_limits(module, entry.method)
+    ranks = entry.ranks
+    if len(ranks) != len(limits) or any(not 1 <= r <= lim for r, lim in zip(ranks, limits, strict=True)):
+        raise UsageError(f"{where} field 'ranks': {ranks} do not fit {entry.method} on {tuple(entry.shape)} "
+                         f"(expected {len(limits)} rank(s) in 1..{limits})")
+
+
+# ---------------------------------------------------------------------------------------------- applying
+
+
+def module_aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every dotted name of every module, keyed by ``id(module)``, in registration order.
+
+    A module registered under two names (weight sharing) must be replaced under both, or the model would
+    keep running the dense layer through the second name.
+    """
+    aliases: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
+    return aliases
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` with ``new``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _kept(site: LayerSite, reason: str, method: str | None = None, ranks: Sequence[int] = ()) -> LayerPlan:
-    params, macs = _site_cost(site, [site.module])
-    return LayerPlan(site.name, type(site.module).__name__, list(site.module.weight.shape), method,
-                     list(ranks), "kept", reason, params, params, macs, macs, None,
-                     list(site.in_hw) if site.in_hw else None, site.tokens)
-
-
-def _totals(model: nn.Module, compressed: nn.Module, entries: list[LayerPlan]) -> dict[str, int]:
-    macs_before = sum(e.macs_before for e in entries)
-    return {
-        "params_before": sum(p.numel() for p in model.parameters()),
-        "params_after": sum(p.numel() for p in compressed.parameters()),
-        "macs_before": macs_before,
-        "macs_after": macs_before - sum(e.macs_before - e.macs_after for e in entries),
-    }
-
-
-def compress(
-    model: nn.Module,
-    *,
-    format: str = "tucker",
-    rank: str | RankRule | Plan = "vbmf",
-    input_shape: Sequence[int] = (3, 224, 224),
-    model_name: str = "custom",
-    num_classes: int | None = None,
-    round_to: int | None = None,
-    layers: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    include_stem: bool = False,
-    include_classifier: bool = False,
-    iters: int = 5,
-    cp_iters: int = 100,
-    progress: Callable[[Sequence[Any]], Any] | None = None,
-) -> Compressed:
-    """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
-
-    The input model is not modified. Layers are kept dense, with the reason recorded, when they are
-    grouped/depthwise, the stem or the classifier (unless included), outside ``layers`` globs,
-    inside ``exclude`` globs, or when the chosen ranks would not cut both parameters and MACs.
-
-    Args:
-        model: dense network (Conv2d / Linear layers are considered).
-        format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I)), ``cp`` or ``svd``.
-        rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay.
-        input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
-        model_name: zoo name recorded in the plan, so `tdexport.load` can rebuild the model.
-        num_classes: classifier width recorded in the plan.
-        round_to: round every rank up to a multiple of this (never above the mode size).
-        layers: only layers whose dotted name matches one of these globs are considered.
-        exclude: layers whose name matches one of these globs are kept.
-        include_stem: also factor the first conv executed.
-        include_classifier: also factor the last layer executed.
-        iters: maximum HOOI sweeps after the HOSVD start (Tucker-2).
-        cp_iters: ALS iterations (CP).
-        progress: optional wrapper for the per-layer loop, e.g. ``tqdm``.
-
-    Returns:
-        `Compressed` with the new model and its `Plan`.
-    """
-    fmt = normalise_format(format)
-    if isinstance(rank, Plan):
-        replay, rule = rank, RankRule("plan", 0.0, None, "plan")
-    else:
-        rule = parse_rank_rule(rank) if isinstance(rank, str) else rank
-        replay = Plan.read(rule.path) if rule.kind == "plan" else None
-    sites = profile_layers(model, input_shape)
-    if not sites:
-        raise UsageError("the model has no Conv2d or Linear layer to factor")
-    stem, classifier = _ends(sites)
-    new_model = copy.deepcopy(model)
-    entries: list[LayerPlan] = []
-    loop = progress(sites) if progress else sites
-    for site in loop:
-        m = site.module
-        method, why = _eligibility(site, fmt, stem, classifier, layers, exclude, include_stem,
-                                   include_classifier)
-        if method is None:
-            entries.append(_kept(site, why))
-            continue
-        spectra = _Spectra(m.weight.detach())
-        if replay is not None:
-            planned = replay.layer(site.name)
-            source = rule.path or "the given plan"
-            if planned is None or planned.decision != "decomposed":
-                entries.append(_kept(site, f"kept in {source}" if planned else f"not in {source}"))
-                continue
-            method, ranks = planned.method, list(planned.ranks)
-            _check_replayed(site, method, ranks)
-            reason = f"replayed from {source}"
-        else:
-            try:
-                ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra, round_to)
-            except UsageError as err:
-                raise UsageError(f"{site.name} {tuple(m.weight.shape)}: {err}") from err
-            reason = f"rank rule {rule.text}"
-        before = _site_cost(site, [m])
-        after = _site_cost(site, L.structure_for(method, m, ranks))
-        if not (after[0] < before[0] and after[1] < before[1]):
-            entries.append(_kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks))
-            continue
-        try:
-            seq, err = _decompose(method, m, ranks, spectra, iters=iters, cp_iters=cp_iters)
-        except DecompositionError as exc:
-            raise DecompositionError(f"{site.name} {tuple(m.weight.shape)}: {exc}") from exc
-        _set_submodule(new_model, site.name, seq)
-        entries.append(LayerPlan(site.name, type(m).__name__, list(m.weight.shape), method, ranks,
-                                 "decomposed", reason, before[0], after[0], before[1], after[1],
-                                 float(err), list(site.in_hw) if site.in_hw else None, site.tokens))
-    options = {"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
-               "include_stem": include_stem, "include_classifier": include_classifier,
-               "iters": iters, "cp_iters": cp_iters}
-    plan = Plan(model_name, fmt, rule.text, list(input_shape), entries, _totals(model, new_model, entries),
-                num_classes, options)
-    return Compressed(new_model, plan)
-
-
-def _eligibility(site: LayerSite, fmt: str, stem: str | None, classifier: str, layers: Sequence[str],
-                 exclude: Sequence[str], include_stem: bool, include_classifier: bool) -> tuple[str | None, str]:
-    """The method a layer would get, or (None, the reason it stays dense)."""
-    if layers and not any(fnmatch.fnmatchcase(site.name, g) for g in layers):
-        return None, "not matched by --layers"
-    hit = next((g for g in exclude if fnmatch.fnmatchcase(site.name, g)), None)
-    if hit:
-        return None, f"excluded by --exclude {hit}"
-    if site.name == stem and not include_stem:
-        return None, "stem (first conv); use --include-stem to factor it"
-    if site.name == classifier and not include_classifier:
-        return None, "classifier (last layer); use --include-classifier to factor it"
-    return _method_for(site.module, fmt)
-
-
-def _ends(sites: list[LayerSite]) -> tuple[str | None, str]:
-    stem = next((s.name for s in sites if isinstance(s.module, nn.Conv2d)), None)
-    return stem, sites[-1].name
-
-
-def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[int] = (3, 224, 224),
-           model_name: str = "custom") -> Plan:
-    """Describe a dense model as a plan whose layers are all kept.
-
-    Each reason says what ``format`` would do (``eligible for tucker2``) or why the layer would stay dense.
-    """
-    fmt = normalise_format(format)
-    sites = profile_layers(model, input_shape)
-    stem, classifier = _ends(sites)
-    entries = []
-    for site in sites:
-        method, why = _eligibility(site, fmt, stem, classifier, (), (), False, False)
-        entries.append(_kept(site, f"eligible for {method}" if method else why))
-    return Plan(model_name, fmt, "", list(input_shape), entries, _totals(model, model, entries))
-
-
-def _check_replayed(site: LayerSite, method: str | None, ranks: list[int]) -> None:
-    m = site.module
-    allowed = {"svd"} if isinstance(m, nn.Linear) or m.kernel_size == (1, 1) else {"tucker2", "tt", "cp"}
-    if method not in allowed:
-        raise UsageError(f"plan asks for method '{method}' on {site.name} ({type(m).__name__} "
-                         f"{tuple(m.weight.shape)}); allowed: {', '.join(sorted(allowed))}")
-    w = m.weight
-    limits = {"tucker2": [w.shape[0], w.shape[1]], "tt": [w.shape[0], w.shape[1]], "cp": [math.inf],
-              "svd": [min(w.shape[0], w[0].numel())]}[method]
-    if len(ranks) != len(limits) or any(not 1 <= r <= lim for r, lim in zip(ranks, limits, strict=True)):
-        raise UsageError(f"plan ranks {ranks} do not fit {site.name} {tuple(w.shape)} with {method}")
-
-
-def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, *, source: str = "plan") -> nn.Module:
     """Rebuild the compressed architecture of ``plan`` on a copy of ``model`` (same dense architecture).
 
-    The factorized layers are created with placeholder weights; load the checkpoint's state dict
-    into the result. Raises `UsageError` when a planned layer is missing or has another shape.
+    Every decomposed entry is checked against the layer it replaces first (`check_layer_fits`), so an edited
+    or corrupt plan fails with the layer and field named instead of allocating arbitrary widths. The
+    factorized layers are created with placeholder weights; load the checkpoint's state dict into the result.
+
+    Raises:
+        UsageError: a planned layer is missing from the model or does not fit its entry.
     """
+    import copy
+
     new_model = copy.deepcopy(model)
+    aliases = module_aliases(new_model)
+    replaced = []
     for entry in plan.layers:
         if entry.decision != "decomposed":
             continue
         try:
             layer = new_model.get_submodule(entry.name)
         except AttributeError:
-            raise UsageError(f"plan layer {entry.name} does not exist in model {plan.model}") from None
-        if list(layer.weight.shape) != list(entry.shape):
-            raise UsageError(f"plan layer {entry.name} has shape {entry.shape} but the model's is "
-                             f"{list(layer.weight.shape)}")
-        _set_submodule(new_model, entry.name, L.structure_for(entry.method, layer, entry.ranks))
+            raise UsageError(f"{source}: layer '{entry.name}' does not exist in model {plan.model}") from None
+        check_layer_fits(entry, layer, source=source)
+        replaced.append((entry, layer))
+    for entry, layer in replaced:
+        chain = L.structure_for(entry.method, layer, entry.ranks)
+        for name in aliases.get(id(layer), [entry.name]):
+            set_submodule(new_model, name, chain)
     return new_model
+
+
+_MOVED_TO_PLANNER = ("compress", "survey", "profile_layers", "LayerSite")
+
+
+def __getattr__(name: str) -> Any:
+    """Keep ``from tdexport.plan import compress`` working: deciding and factorizing moved to `tdexport.planner`."""
+    if name in _MOVED_TO_PLANNER:
+        from . import planner
+
+        return getattr(planner, name)
+    raise AttributeError(f"module 'tdexport.plan' has no attribute {name!r}")

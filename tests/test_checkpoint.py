@@ -61,3 +61,38 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
         (tmp / "half.bin").write_bytes(b"x")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_refuses_a_non_empty_target_and_overwrite_replaces_it_whole(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(UsageError, match="exists and is not empty; pass --overwrite"), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["stale.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # the old file is gone, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not a folder"), atomic_dir(tmp_path / "file", overwrite=True):
+        pass
+
+
+def test_outputs_get_the_umask_mode_not_the_temporary_one(tmp_path, saved):
+    import os
+
+    from tdexport._io import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "ckpt"
+        _, c = saved
+        tdexport.save(out, c)
+        atomic_write_bytes(out / "extra.bin", b"x")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+        assert out.stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old)
+    assert modes == {"compressed.safetensors": 0o640, "plan.json": 0o640, "extra.bin": 0o640}

@@ -1,0 +1,379 @@
+"""Deciding and factorizing: profile a model, choose a method and ranks per layer, build the compressed model.
+
+`compress` records every decision in a `tdexport.plan.Plan`; `survey` describes a dense model in the same
+shape without factorizing anything. The plan data model, its validation and `apply_plan` live in
+`tdexport.plan`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import layers as L
+from .errors import DecompositionError, UsageError
+from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
+from .factor.cp import cp_als
+from .factor.svd import truncated_svd
+from .factor.tt import tt_conv
+from .factor.tucker import tucker2
+from .guards import require_finite
+from .plan import (
+    Compressed,
+    LayerPlan,
+    Plan,
+    allowed_methods,
+    check_layer_fits,
+    factorable,
+    module_aliases,
+    normalise_format,
+    set_submodule,
+)
+from .ranks import RankRule, mode_rank, parse_rank_rule
+
+__all__ = ["LayerSite", "profile_layers", "compress", "survey"]
+
+
+@dataclass
+class LayerSite:
+    """Where a Conv2d / Linear sits in a forward pass.
+
+    Attributes:
+        name: its first dotted name.
+        module: the layer.
+        in_hw: input (H, W) of a conv at its first call; None for Linear.
+        tokens: rows a Linear sees per sample at its first call (1 for a classifier).
+        calls: how many times one forward pass runs it.
+        aliases: every dotted name it is registered under (weight sharing gives more than one).
+        call_inputs: (in_hw, tokens) of every call, so a layer reused at another resolution is costed right.
+    """
+
+    name: str
+    module: nn.Module
+    in_hw: tuple[int, int] | None
+    tokens: int
+    calls: int = 1
+    aliases: tuple[str, ...] = ()
+    call_inputs: list[tuple[tuple[int, int] | None, int]] = field(default_factory=list)
+
+
+def profile_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSite]:
+    """Run one sample of shape (C, H, W) through ``model`` and record every Conv2d / Linear it executes.
+
+    Returns:
+        Sites in execution order (layers never executed, e.g. auxiliary heads in eval, are absent).
+    """
+    sites: dict[int, LayerSite] = {}
+    aliases = module_aliases(model)
+    hooks = []
+
+    def record(module: nn.Module, inputs: tuple, _out: Any) -> None:
+        x = inputs[0]
+        if isinstance(module, nn.Conv2d):
+            call = ((int(x.shape[-2]), int(x.shape[-1])), 1)
+        else:
+            call = (None, int(x.numel() // x.shape[-1]))
+        site = sites.get(id(module))
+        if site is None:
+            names = tuple(aliases[id(module)])
+            site = sites[id(module)] = LayerSite(names[0], module, call[0], call[1], 0, names)
+        site.calls += 1
+        site.call_inputs.append(call)
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return list(sites.values())
+
+
+def _site_cost(site: LayerSite, chain: Sequence[nn.Module]) -> tuple[int, int]:
+    """(params, MACs summed over every call of the site) of ``chain`` standing in for the site's layer."""
+    params, _ = L.chain_cost(chain, in_hw=site.in_hw, tokens=site.tokens)
+    calls = site.call_inputs or [(site.in_hw, site.tokens)]
+    macs = sum(L.chain_cost(chain, in_hw=hw, tokens=tokens)[1] for hw, tokens in calls)
+    return params, macs
+
+
+def _method_for(module: nn.Module, fmt: str) -> tuple[str | None, str]:
+    """Method a layer gets under a format, or (None, reason it is kept)."""
+    why = factorable(module)
+    if why is not None:
+        return None, why
+    methods = allowed_methods(module)
+    if methods == ("svd",):
+        return "svd", ""
+    if fmt == "svd":
+        return None, "the svd format factors only 1×1 convs and Linear layers"
+    return fmt, ""
+
+
+class _Spectra:
+    """Lazily computed spectra of a layer's weight, shared by the rank rule and the factorization."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self._cache: dict[str, Spectrum] = {}
+
+    def mode(self, mode: int) -> Spectrum:
+        key = f"mode{mode}"
+        if key not in self._cache:
+            self._cache[key] = mode_spectrum(self.weight, mode)
+        return self._cache[key]
+
+    def matrix(self) -> Spectrum:
+        if "matrix" not in self._cache:
+            m = L.weight_matrix_of(self.weight)
+            self._cache["matrix"] = row_spectrum(m.T if m.shape[0] > m.shape[1] else m)
+        return self._cache["matrix"]
+
+
+def _resolve_ranks(method: str, weight: torch.Tensor, rule: RankRule, spectra: _Spectra,
+                   round_to: int | None) -> list[int]:
+    if method == "svd":
+        o, i = weight.shape[0], weight[0].numel()
+        values = spectra.matrix().values if rule.needs_spectrum else None
+        return [mode_rank(rule, min(o, i), values=values, shape=(o, i), round_to=round_to)]
+    per_mode = []
+    for mode in (0, 1):
+        size = weight.shape[mode]
+        values = spectra.mode(mode).values if rule.needs_spectrum else None
+        shape = tuple(unfold(weight, mode).shape) if rule.needs_spectrum else None
+        if method == "cp" and rule.kind in ("ratio", "fixed"):
+            # CP has one rank: ratio is of the output channels; a fixed rank may exceed a mode size
+            # (CP ranks are not bounded by mode sizes) but not the larger channel count.
+            size = max(weight.shape[0], weight.shape[1]) if rule.kind == "fixed" else weight.shape[0]
+            return [mode_rank(rule, size, round_to=round_to)]
+        per_mode.append(mode_rank(rule, size, values=values, shape=shape, round_to=round_to))
+    return [max(per_mode)] if method == "cp" else per_mode
+
+
+def _decompose(method: str, module: nn.Module, ranks: list[int], spectra: _Spectra, *, iters: int,
+               cp_iters: int) -> tuple[nn.Sequential, float]:
+    weight = module.weight.detach()
+    seq = L.structure_for(method, module, ranks)
+    if method == "tucker2":
+        f = tucker2(weight, (ranks[0], ranks[1]), iters=iters, spectra=[spectra.mode(0), spectra.mode(1)])
+        return L.load_tucker2(seq, module, f), f.errors[-1]
+    if method == "tt":
+        f = tt_conv(weight, (ranks[0], ranks[1]))
+        return L.load_tucker2(seq, module, f), f.errors[-1]
+    if method == "cp":
+        f = cp_als(weight, ranks[0], iters=cp_iters, generator=torch.Generator().manual_seed(0))
+        return L.load_cp(seq, module, f), f.rel_error(weight)
+    matrix = L.weight_matrix_of(weight)
+    f = truncated_svd(matrix, ranks[0], spectrum=spectra.matrix())
+    return L.load_svd(seq, module, f), f.rel_error(matrix)
+
+
+def _kept(site: LayerSite, reason: str, method: str | None = None, ranks: Sequence[int] = ()) -> LayerPlan:
+    params, macs = _site_cost(site, [site.module])
+    return LayerPlan(site.name, _type_name(site.module), list(site.module.weight.shape), method,
+                     list(ranks), "kept", reason, params, params, macs, macs, None,
+                     list(site.in_hw) if site.in_hw else None, site.tokens)
+
+
+def _type_name(module: nn.Module) -> str:
+    # plan.json records the layer family; a subclass (kept) is still a Conv2d or a Linear there.
+    return "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+
+
+def _totals(model: nn.Module, compressed: nn.Module, entries: list[LayerPlan]) -> dict[str, int]:
+    macs_before = sum(e.macs_before for e in entries)
+    return {
+        "params_before": sum(p.numel() for p in model.parameters()),
+        "params_after": sum(p.numel() for p in compressed.parameters()),
+        "macs_before": macs_before,
+        "macs_after": macs_before - sum(e.macs_before - e.macs_after for e in entries),
+    }
+
+
+def _check_globs(sites: list[LayerSite], globs: Sequence[str], option: str) -> None:
+    """Every glob must match some Conv2d / Linear name: a typo would otherwise silently change the plan."""
+    names = [n for s in sites for n in s.aliases or (s.name,)]
+    for glob in globs:
+        if any(fnmatch.fnmatchcase(n, glob) for n in names):
+            continue
+        stem = glob.replace("*", "").replace("?", "").strip(".")
+        close = difflib.get_close_matches(stem, names, n=5, cutoff=0.5)
+        hint = f"close names: {', '.join(close)}" if close else f"layer names look like: {', '.join(names[:5])}"
+        raise UsageError(f"{option} '{glob}' matches no Conv2d / Linear layer; {hint} "
+                         f"(`tdexport inspect MODEL` lists them all)")
+
+
+def compress(
+    model: nn.Module,
+    *,
+    format: str = "tucker",
+    rank: str | RankRule | Plan = "vbmf",
+    input_shape: Sequence[int] = (3, 224, 224),
+    model_name: str = "custom",
+    num_classes: int | None = None,
+    round_to: int | None = None,
+    layers: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_stem: bool = False,
+    include_classifier: bool = False,
+    iters: int = 5,
+    cp_iters: int = 100,
+    progress: Callable[[Sequence[Any]], Any] | None = None,
+) -> Compressed:
+    """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
+
+    The input model is not modified. Layers are kept dense, with the reason recorded, when they are not
+    exact ``nn.Conv2d`` / ``nn.Linear`` (subclasses may compute something else), grouped/depthwise, padded
+    in a way no symmetric integer padding reproduces, the stem or the classifier (unless included),
+    outside ``layers`` globs, inside ``exclude`` globs, or when the chosen ranks would not cut both
+    parameters and MACs. A layer registered under several names is replaced under all of them.
+
+    Args:
+        model: dense network (Conv2d / Linear layers are considered).
+        format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I)), ``cp`` or ``svd``.
+        rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay.
+        input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
+        model_name: zoo name recorded in the plan, so `tdexport.load` can rebuild the model.
+        num_classes: classifier width recorded in the plan.
+        round_to: round every rank up to a multiple of this (never above the mode size).
+        layers: only layers whose dotted name matches one of these globs are considered.
+        exclude: layers whose name matches one of these globs are kept.
+        include_stem: also factor the first conv executed.
+        include_classifier: also factor the last layer executed.
+        iters: maximum HOOI sweeps after the HOSVD start (Tucker-2).
+        cp_iters: ALS iterations (CP).
+        progress: optional wrapper for the per-layer loop, e.g. ``tqdm``.
+
+    Returns:
+        `Compressed` with the new model and its `Plan`.
+
+    Raises:
+        UsageError: a malformed rank rule, a glob that matches no layer, non-finite weights, a replayed plan
+            that does not fit the model, or a rank above a mode size.
+        DecompositionError: a factorization failed at the requested ranks.
+    """
+    fmt = normalise_format(format)
+    if isinstance(rank, Plan):
+        replay, rule = rank, RankRule("plan", 0.0, None, "plan")
+    else:
+        rule = parse_rank_rule(rank) if isinstance(rank, str) else rank
+        replay = Plan.read(rule.path) if rule.kind == "plan" else None
+    require_finite(list(model.named_parameters()) + list(model.named_buffers()), model_name)
+    sites = profile_layers(model, input_shape)
+    if not sites:
+        raise UsageError("the model has no Conv2d or Linear layer to factor")
+    _check_globs(sites, layers, "--layers")
+    _check_globs(sites, exclude, "--exclude")
+    stem, classifier = _ends(sites)
+    new_model = copy.deepcopy(model)
+    new_aliases = module_aliases(new_model)
+    entries: list[LayerPlan] = []
+    loop = progress(sites) if progress else sites
+    for site in loop:
+        m = site.module
+        method, why = _eligibility(site, fmt, stem, classifier, layers, exclude, include_stem,
+                                   include_classifier)
+        if method is None:
+            entries.append(_kept(site, why))
+            continue
+        spectra = _Spectra(m.weight.detach())
+        if replay is not None:
+            planned = replay.layer(site.name)
+            source = str(rule.path) if rule.path else "the given plan"
+            if planned is None or planned.decision != "decomposed":
+                entries.append(_kept(site, f"kept in {source}" if planned else f"not in {source}"))
+                continue
+            check_layer_fits(planned, m, source=source)
+            method, ranks = planned.method, list(planned.ranks)
+            reason = f"replayed from {source}"
+        else:
+            try:
+                ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra, round_to)
+            except UsageError as err:
+                raise UsageError(f"{site.name} {tuple(m.weight.shape)}: {err}") from err
+            reason = f"rank rule {rule.text}"
+        before = _site_cost(site, [m])
+        after = _site_cost(site, L.structure_for(method, m, ranks))
+        if not (after[0] < before[0] and after[1] < before[1]):
+            entries.append(_kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks))
+            continue
+        try:
+            seq, err = _decompose(method, m, ranks, spectra, iters=iters, cp_iters=cp_iters)
+        except DecompositionError as exc:
+            raise DecompositionError(f"{site.name} {tuple(m.weight.shape)}: {exc}") from exc
+        target = new_model.get_submodule(site.name)
+        for name in new_aliases[id(target)]:
+            set_submodule(new_model, name, seq)
+        entries.append(LayerPlan(site.name, _type_name(m), list(m.weight.shape), method, ranks,
+                                 "decomposed", reason, before[0], after[0], before[1], after[1],
+                                 float(err), list(site.in_hw) if site.in_hw else None, site.tokens))
+    if replay is not None:
+        _check_replay_names(replay, sites, str(rule.path) if rule.path else "the given plan")
+    options = {"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
+               "include_stem": include_stem, "include_classifier": include_classifier,
+               "iters": iters, "cp_iters": cp_iters}
+    plan = Plan(model_name, fmt, rule.text, list(input_shape), entries, _totals(model, new_model, entries),
+                num_classes, options)
+    return Compressed(new_model, plan)
+
+
+def _check_replay_names(replay: Plan, sites: list[LayerSite], source: str) -> None:
+    """A decomposed entry naming no layer of the model means the plan belongs to another model."""
+    names = {n for s in sites for n in s.aliases or (s.name,)}
+    for entry in replay.layers:
+        if entry.decision == "decomposed" and entry.name not in names:
+            close = difflib.get_close_matches(entry.name, sorted(names), n=3)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise UsageError(f"{source}: layer '{entry.name}' does not exist in model {replay.model} as run here"
+                             f"{hint}")
+
+
+def _eligibility(site: LayerSite, fmt: str, stem: str | None, classifier: str, layers: Sequence[str],
+                 exclude: Sequence[str], include_stem: bool, include_classifier: bool) -> tuple[str | None, str]:
+    """The method a layer would get, or (None, the reason it stays dense)."""
+    names = site.aliases or (site.name,)
+    if layers and not any(fnmatch.fnmatchcase(n, g) for n in names for g in layers):
+        return None, "not matched by --layers"
+    hit = next((g for g in exclude for n in names if fnmatch.fnmatchcase(n, g)), None)
+    if hit:
+        return None, f"excluded by --exclude {hit}"
+    if site.name == stem and not include_stem:
+        return None, "stem (first conv); use --include-stem to factor it"
+    if site.name == classifier and not include_classifier:
+        return None, "classifier (last layer); use --include-classifier to factor it"
+    return _method_for(site.module, fmt)
+
+
+def _ends(sites: list[LayerSite]) -> tuple[str | None, str]:
+    stem = next((s.name for s in sites if isinstance(s.module, nn.Conv2d)), None)
+    return stem, sites[-1].name
+
+
+def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[int] = (3, 224, 224),
+           model_name: str = "custom") -> Plan:
+    """Describe a dense model as a plan whose layers are all kept.
+
+    Each reason says what ``format`` would do (``eligible for tucker2``) or why the layer would stay dense.
+    """
+    fmt = normalise_format(format)
+    sites = profile_layers(model, input_shape)
+    stem, classifier = _ends(sites)
+    entries = []
+    for site in sites:
+        method, why = _eligibility(site, fmt, stem, classifier, (), (), False, False)
+        entries.append(_kept(site, f"eligible for {method}" if method else why))
+    return Plan(model_name, fmt, "", list(input_shape), entries, _totals(model, model, entries))
