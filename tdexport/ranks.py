@@ -3,7 +3,8 @@
 Accepted forms (see `RANK_RULE_FORMS`):
 
 * ``vbmf`` or ``vbmf:W`` — EVBMF per mode; W in (0, 1] is MUSCO's weakening factor,
-  R = ⌈n − W·(n − R_evbmf)⌉, so W = 1 is plain EVBMF and smaller W keeps more.
+  R = ⌈n − W·(n − R_evbmf)⌉, so W = 1 is plain EVBMF and smaller W keeps more. Zero singular values
+  (pruned or dead filters) are left out of R_evbmf's estimate, so they do not inflate it.
 * ``energy:E`` — per mode, the smallest k with Σ_{i≤k} σᵢ² / Σ σ² > E, E in (0, 1).
 * ``ratio:F`` — keep ⌈F·n⌉ of each mode of size n (for CP: F·O components), F in (0, 1].
 * ``N`` — the fixed rank N on every mode; a mode smaller than N is an error.
