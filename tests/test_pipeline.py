@@ -277,3 +277,10 @@ def test_missing_backend_exits_4(run_folder, tmp_path, capsys, cli, backend):
     assert code == 4
     assert ("tensorrt" in err.lower()) if backend == "trt" else ("CUDA" in err)
     assert not (tmp_path / "v").exists()
+
+
+def test_inspect_a_dense_run_folder(baseline, cli, capsys):
+    base, _ = baseline
+    assert cli(["inspect", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "eligible for tucker2" in out and out.strip().splitlines()[-1].startswith("resnet20 tucker2 [dense]")

@@ -84,23 +84,20 @@ def inspect(target: str, weights: str, num_classes: int | None, fmt: str) -> Non
     if Path(target).is_dir():
         if not is_checkpoint_dir(target):
             raise UsageError(f"{target} is a directory without plan.json (not a tdexport checkpoint)")
-        if not (Path(target) / "plan.json").is_file():
-            plan = api.survey(api.load(target), format=fmt,
-                              input_shape=_dense_input_shape(target))
-        else:
+        if (Path(target) / "plan.json").is_file():
             plan = Plan.read(Path(target) / "plan.json")
+        else:  # a dense run folder (tdexport train): describe it as the zoo model it holds
+            from ..checkpoint import read_meta
+            from ..planner import survey
+            from ..zoo import model_info
+
+            meta = read_meta(target)
+            shape = meta.get("input_shape") or model_info(meta["model"]).input_shape
+            plan = survey(api.load(target), format=fmt, input_shape=shape, model_name=meta["model"])
     else:
         plan = api.survey(target, format=fmt, weights=weights, num_classes=num_classes)
     click.echo(plan_table(plan))
     click.echo(totals_line(plan))
-
-
-def _dense_input_shape(directory: str) -> list[int]:
-    from ..checkpoint import read_meta
-    from ..zoo import model_info
-
-    meta = read_meta(directory)
-    return list(meta.get("input_shape") or model_info(meta["model"]).input_shape)
 
 
 @click.command("models")
