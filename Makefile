@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_decompose.py
 	$(PY) tools/bench_train.py
 	$(PY) tools/bench_latency.py
+	$(PY) tools/bench_recovery.py
 
 clean:
 	rm -rf runs .pytest_cache

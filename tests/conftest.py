@@ -26,3 +26,29 @@ def baseline(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "base"
     assert run_cli(["train", "resnet20", "--data", "digits", "--epochs", "6", "--out", str(out), "-q"]) == 0
     return out, json.loads((out / "metrics.json").read_text())
+
+
+def _interrupt_after_first_epoch(args, metrics_path, env, timeout=300):
+    """Run ``args`` and press Ctrl-C (SIGINT) once ``metrics_path`` records a finished epoch.
+
+    Returns (exit code, stderr) of the interrupted process.
+    """
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_path.is_file() and json.loads(metrics_path.read_text())["epochs"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.fixture(name="interrupt_after_first_epoch", scope="session")
+def interrupt_fixture():
+    """`_interrupt_after_first_epoch` as a fixture: (args, metrics.json path, env) -> (exit code, stderr)."""
+    return _interrupt_after_first_epoch

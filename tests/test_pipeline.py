@@ -8,10 +8,8 @@ epochs or a measured speedup.
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -238,23 +236,16 @@ def test_failure_after_finetuning_keeps_the_work_and_resume_does_not_repeat_it(b
     assert (out / "report.json").is_file()
 
 
-def test_interrupted_finetuning_resumes(baseline, tmp_path):
+def test_interrupted_finetuning_resumes(baseline, tmp_path, interrupt_after_first_epoch):
     base, _ = baseline
     out = tmp_path / "run"
     args = [sys.executable, "-m", "tdexport", "compress-and-export", "resnet20", "--weights", str(base), "--data",
             "digits", "--rank", "ratio:0.5", "--finetune-epochs", "3", "--batch-size", "128", "--batch-sizes", "2",
             "--limit", "32", *FAST, "--out", str(out), "-q"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run.partial" / "metrics.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # Ctrl-C once epoch 1 is on disk, during epoch 2
-        if metrics.is_file() and json.loads(metrics.read_text())["epochs"]:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # Ctrl-C once epoch 1 is on disk, during epoch 2
+    code, err = interrupt_after_first_epoch(args, tmp_path / "run.partial" / "metrics.json", env)
+    assert code == 130, err
     assert "--resume" in err and "run.partial" in err
     assert (tmp_path / "run.partial" / "train_state.pt").is_file() and not out.exists()
     res = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)

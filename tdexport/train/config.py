@@ -76,6 +76,9 @@ class TrainConfig:
             (0 <= self.alpha <= 1, f"--alpha must be in [0, 1], got {self.alpha}"),
             (self.tau > 0, f"--tau must be > 0, got {self.tau}"),
             (self.decay_epochs > 0 and self.decay_rate > 0, "--decay-epochs and --decay-rate must be > 0"),
+            # torch.manual_seed takes what fits a 64-bit integer; beyond it, it fails with an OverflowError
+            (-(2**63) <= self.seed < 2**64 - 2**32, f"--seed must be in [-2**63, 2**64 - 2**32), got {self.seed}"),
+            (self.workers >= 0, f"--workers must be ≥ 0, got {self.workers}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,7 +13,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -77,16 +77,23 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, tau: f
 
 
 @torch.no_grad()
-def evaluate_top1(model: nn.Module, loader, device: torch.device, *, channels_last: bool = False) -> float:
-    """Top-1 accuracy in percent of ``model`` over ``loader`` (images (N, C, H, W), labels (N,))."""
+def evaluate_top1(model: nn.Module, loader, device: torch.device, *, channels_last: bool = False,
+                  classes: Sequence[int] | None = None) -> float:
+    """Top-1 accuracy in percent of ``model`` over ``loader`` (images (N, C, H, W), labels (N,)).
+
+    ``classes``: the label-space indices a data set covers (an ImageNet-1k subset); the prediction is the
+    best of those logits only, as `tdexport.validate.accuracy.evaluate` scores it.
+    """
     was_training = model.training
     model.eval()
     correct = total = 0
+    columns = torch.as_tensor(list(classes), dtype=torch.long) if classes is not None else None
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        pred = model(images).argmax(1).cpu()
+        logits = model(images).float().cpu()
+        pred = logits.argmax(1) if columns is None else columns[logits[:, columns].argmax(1)]
         correct += int((pred == labels).sum())
         total += labels.numel()
     model.train(was_training)
@@ -131,6 +138,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     extra_metrics: dict | None = None,
+    classes: Sequence[int] | None = None,
 ) -> dict:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return the metrics written to metrics.json.
 
@@ -148,6 +156,7 @@ def fit(
         resume: continue from ``out/train_state.pt``.
         progress: show a progress bar per epoch (rank 0, on a terminal).
         extra_metrics: merged into metrics.json (e.g. the command and its options).
+        classes: label-space indices the test data covers (see `evaluate_top1`); None: all of them.
 
     Returns:
         ``{"epochs": [{epoch, train_loss, test_top1, lr, seconds, images_per_s, …}], "final_test_top1", …}``.
@@ -258,7 +267,8 @@ def fit(
             if admm is not None:
                 row["admm_mean_gap"] = sum(admm.gaps().values()) / len(admm.targets)
             if ctx.is_main:
-                row["test_top1"] = evaluate_top1(model, test_loader, dev, channels_last=channels_last)
+                row["test_top1"] = evaluate_top1(model, test_loader, dev, channels_last=channels_last,
+                                                  classes=classes)
                 metrics["epochs"].append(row)
                 metrics["final_test_top1"] = row["test_top1"]
                 if admm is not None:
