@@ -165,7 +165,9 @@ def test_list_models_and_model_info():
 
 
 def test_register_model_rejects_duplicates(monkeypatch):
-    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+    # Patch the module that reads the registry (the package only re-exports it), so the test model
+    # does not leak into the real registry.
+    monkeypatch.setattr(zoo.registry, "_REGISTRY", dict(zoo._REGISTRY))
 
     @zoo.register_model("tiny_test_net", input_size=(1, 8, 8), default_num_classes=3, source="cifar")
     def tiny(num_classes):
@@ -176,6 +178,8 @@ def test_register_model_rejects_duplicates(monkeypatch):
         zoo.register_model("resnet20", input_size=(3, 32, 32), default_num_classes=10, source="cifar")(tiny)
     with pytest.raises(ValueError, match="source"):
         zoo.register_model("other", input_size=(3, 32, 32), default_num_classes=10, source="hub")
+    monkeypatch.undo()
+    assert "tiny_test_net" not in zoo.list_models()
 
 
 def test_bad_num_classes():
@@ -335,3 +339,31 @@ def test_key_mismatches_are_reported(tmp_path):
     assert "unexpected" not in msg
     with pytest.raises(UsageError, match=r"72 unexpected keys \(layer1\.3\.conv1\.weight"):
         zoo.create_model("resnet20", weights=str(big))
+
+
+# ---------------------------------------------------------------- package layout
+
+# Every module-level name callers may use from the single-module tdexport.zoo that preceded the package.
+_PUBLIC_BEFORE_SPLIT = {
+    "registry": ["ModelInfo", "Builder", "SOURCES", "register_model", "list_models", "model_info", "create_model",
+                 "_REGISTRY", "_lookup", "_build_torchvision", "_build_timm", "_fallback_entry",
+                 "_torchvision_names", "_fetch_published", "_download_timeout", "_TORCHVISION", "_TIMM_NAMES"],
+    "cifar": ["ChannelPadShortcut", "CifarResNet", "CifarVGG", "CifarDenseNet"],
+    "weights": ["CHECKPOINT_SUFFIXES", "load_state_dict_file", "load_weights_into"],
+}
+
+
+@pytest.mark.parametrize("submodule", sorted(_PUBLIC_BEFORE_SPLIT))
+def test_names_of_the_former_module_are_importable_from_the_package(submodule):
+    module = getattr(zoo, submodule)
+    for name in _PUBLIC_BEFORE_SPLIT[submodule]:
+        assert getattr(zoo, name) is getattr(module, name), name
+    assert set(zoo.__all__) <= {n for names in _PUBLIC_BEFORE_SPLIT.values() for n in names}
+
+
+def test_top_level_api_reaches_the_zoo():
+    import tdexport
+
+    assert tdexport.create_model is zoo.create_model and tdexport.list_models is zoo.list_models
+    assert tdexport.create_model("resnet20", weights="random", num_classes=3)(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert zoo._lookup("resnet20")[0] == zoo.model_info("resnet20")

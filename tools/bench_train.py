@@ -17,7 +17,7 @@ import torch
 from _table import table
 
 from tdexport.data import load_data, make_loader
-from tdexport.plan import compress
+from tdexport.planner import compress
 from tdexport.train import TrainConfig
 from tdexport.train.admm import Admm
 from tdexport.train.config import lr_at
