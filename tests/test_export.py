@@ -16,7 +16,7 @@ import tdexport
 import tdexport.zoo as zoo
 from tdexport.errors import GateFailed, UsageError
 from tdexport.export import ExportResult, export_onnx
-from tdexport.export.onnx import _fold_batchnorm
+from tdexport.export.bnfold import fold_batchnorm
 from tdexport.runtime import OrtRunner, TorchRunner
 from tdexport.validate.parity import ParityResult, compare_outputs
 
@@ -256,7 +256,7 @@ def test_batchnorm_folding_is_exact_and_conservative():
     x = _inputs(4, (3, 16, 16), seed=1)
     with torch.no_grad():
         ref = model(x)
-    assert _fold_batchnorm(model) == 1
+    assert fold_batchnorm(model) == 1
     assert isinstance(model.bn_a, nn.Identity) and isinstance(model.bn_b, nn.BatchNorm2d)
     assert model.a[1].bias is not None  # the fold adds the bias a factor conv did not have
     with torch.no_grad():
@@ -283,3 +283,39 @@ def test_compare_outputs_metrics():
     assert compare_outputs(np.zeros((1, 3)), np.zeros((1, 3))).passes(0.0)
     with pytest.raises(ValueError, match="shapes differ"):
         compare_outputs(ref, ref[:1])
+
+
+def test_weights_over_2gib_are_refused_before_any_work(tmp_path):
+    # meta tensors have sizes but no storage: 48 × 11.2M float32 weights are 2.04 GiB, never allocated
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 11_200_000, device="meta"))
+    with pytest.raises(UsageError, match=r"2\.0\d GiB in float32, above the 2 GiB"):
+        export_onnx(model, tmp_path / "big.onnx", input_shape=(3, 4, 4))
+    assert not (tmp_path / "big.onnx").exists()
+
+
+def test_proto_size_check_counts_an_unserialisable_message_as_too_large():
+    from tdexport.export.graph import proto_too_large
+
+    class Unserialisable:
+        def ByteSize(self):  # what protobuf's upb backend does for a message of 2 GiB or more
+            raise RuntimeError("Failed to serialize proto")
+
+    assert proto_too_large(Unserialisable())
+    small = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    assert not proto_too_large(small)
+
+
+def test_batchnorm_is_not_folded_into_a_conv_subclass():
+    class StdConv(nn.Conv2d):  # uses a standardised weight: a folded BN scale would be normalised away
+        def forward(self, x):
+            w = self.weight
+            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+            return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    model = _randomise_bn(nn.Sequential(StdConv(3, 8, 3, padding=1), nn.BatchNorm2d(8)))
+    x = _inputs(2, (3, 8, 8), seed=3)
+    with torch.no_grad():
+        ref = model(x)
+    assert fold_batchnorm(model) == 0
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)

@@ -176,9 +176,11 @@ def test_imagenet_subset_is_scored_in_the_canonical_label_space(tmp_path, cli):
     comp = tmp_path / "r18"
     tdexport.save(comp, tdexport.compress("resnet18", rank="ratio:0.5", weights="random", iters=0))
     out = tmp_path / "v"
+    # the torch backend: the label mapping is what is under test here, not the export
     assert cli(["validate", "--original", "resnet18", "--weights", "random", "--compressed", str(comp),
-                "--data", f"imagenet:{root}", "--batch-sizes", "1", *FAST, "--out", str(out), "-q"]) == 0
-    acc = json.loads((out / "report.json").read_text())["accuracy"]["ort-cpu"]
+                "--data", f"imagenet:{root}", "--backend", "torch", "--batch-sizes", "1", *FAST, "--out", str(out),
+                "-q"]) == 0
+    acc = json.loads((out / "report.json").read_text())["accuracy"]["torch"]
     assert acc["samples"] == 6
     # the logits are restricted to the 3 classes present, so top-5 contains every label: exactly 100 %
     assert acc["original"]["top5"] == acc["compressed"]["top5"] == 100.0
@@ -240,7 +242,7 @@ def test_interrupted_finetuning_resumes(baseline, tmp_path, interrupt_after_firs
     base, _ = baseline
     out = tmp_path / "run"
     args = [sys.executable, "-m", "tdexport", "compress-and-export", "resnet20", "--weights", str(base), "--data",
-            "digits", "--rank", "ratio:0.5", "--finetune-epochs", "3", "--batch-size", "128", "--batch-sizes", "2",
+            "digits", "--rank", "ratio:0.5", "--finetune-epochs", "2", "--batch-size", "128", "--batch-sizes", "2",
             "--limit", "32", *FAST, "--out", str(out), "-q"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Ctrl-C once epoch 1 is on disk, during epoch 2
@@ -251,7 +253,7 @@ def test_interrupted_finetuning_resumes(baseline, tmp_path, interrupt_after_firs
     res = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     done = json.loads((out / "metrics.json").read_text())
-    assert [e["epoch"] for e in done["epochs"]] == [1, 2, 3]
+    assert [e["epoch"] for e in done["epochs"]] == [1, 2]
     assert not (out / "train_state.pt").exists() and not (tmp_path / "run.partial").exists()
 
 

@@ -24,7 +24,6 @@ import io
 import logging
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +37,13 @@ from .._io import atomic_write_bytes
 from ..errors import GateFailed, TdexportError, UsageError, first_line
 from ..runtime import OrtRunner
 from ..validate.parity import ParityResult, compare_outputs
+from .bnfold import fold_batchnorm
+from .graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, PROTOBUF_LIMIT, normalise, opset_of, same_computation
+from .graph import simplify as simplify_graph
 
 __all__ = ["ExportResult", "export_onnx", "INPUT_NAME", "OUTPUT_NAME", "BATCH_DIM"]
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_DIM = "batch"
-_STANDARD_DOMAINS = ("", "ai.onnx")
-# Protobuf cannot serialize a message of 2 GiB or more; such models would need external data files.
-_PROTOBUF_LIMIT = (1 << 31) - 1
 _EXAMPLE_SEED, _PARITY_SEED = 0, 1234
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass(frozen=True)
@@ -79,61 +72,6 @@ class ExportResult:
     parity: ParityResult
     seconds: float
     notes: tuple[str, ...] = ()
-
-
-# ---------------------------------------------------------------------------------------------- BN folding
-
-
-@torch.no_grad()
-def _fold_into(conv: nn.Module, bn: nn.Module) -> None:
-    """Fold ``bn`` into ``conv`` in place: W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β (float64)."""
-    w = conv.weight.double()
-    scale = bn.running_var.double().add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - bn.running_mean.double()) * scale
-    if bn.bias is not None:
-        bias = bias + bn.bias.double()
-    conv.weight.copy_((w * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(conv.weight.dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
-    else:
-        conv.bias.copy_(bias.to(conv.bias.dtype))
-
-
-def _fold_batchnorm(model: nn.Module) -> int:
-    """Fold BatchNorms fed only by a convolution into it, in place; returns how many were folded.
-
-    A pair is folded only when tracing proves it safe: the BN's input is the conv's output and nothing
-    else reads it, each module is called once, and the BN uses running statistics. Folded BNs become
-    ``nn.Identity``. Models torch.fx cannot trace are left as they are (their BNs may then reach the graph).
-    """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # fx raises many types on untraceable Python; folding is an optimisation only
-        return 0
-    modules = dict(model.named_modules(remove_duplicate=False))
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    owners = Counter(id(m) for m in modules.values())
-    folded = 0
-    for node in graph.nodes:
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(bn, _NORMS) or bn.running_mean is None or len(node.args) != 1:
-            continue
-        src = node.args[0]
-        conv = modules.get(src.target) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
-        if not isinstance(conv, _CONVS) or getattr(conv, "transposed", False) or len(src.users) != 1:
-            continue
-        if calls[src.target] != 1 or calls[node.target] != 1 or owners[id(conv)] != 1 or owners[id(bn)] != 1:
-            continue
-        if conv.out_channels != bn.num_features:
-            continue
-        _fold_into(conv, bn)
-        parent, _, child = node.target.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
-        folded += 1
-    return folded
 
 
 # ---------------------------------------------------------------------------------------------- exporters
@@ -179,112 +117,6 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int, dyn
 
 
 _EXPORTERS = (("dynamo", _export_dynamo), ("torchscript", _export_torchscript))
-
-
-# ---------------------------------------------------------------------------------------------- graph checks
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    if old == new:
-        return
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.name == old:
-            value.name = new
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
-    out: list[int | str | None] = []
-    for d in value.type.tensor_type.shape.dim:
-        kind = d.WhichOneof("value")
-        out.append(d.dim_value if kind == "dim_value" else d.dim_param if kind == "dim_param" else None)
-    return out
-
-
-def _opset_of(proto: onnx.ModelProto) -> int | None:
-    return next((o.version for o in proto.opset_import if o.domain in _STANDARD_DOMAINS), None)
-
-
-def _normalise(proto: onnx.ModelProto, input_shape: Sequence[int], opset: int,
-               batch: int | None) -> tuple[list[str], bytes]:
-    """Enforce the I/O contract in place; returns what is still wrong (empty: acceptable) and the serialized model.
-
-    Contract: one float input ``input`` (N, *input_shape) and one float output ``logits`` whose N is the
-    symbol ``batch`` (or the fixed ``batch``), default-domain opset ``opset``, standard-domain nodes only,
-    no local functions, and `onnx.checker.check_model(full_check=True)` passes. The checker reads the same
-    bytes that are run and written, so a large model is serialized once.
-    """
-    graph = proto.graph
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        return [f"graph has {len(graph.input)} inputs and {len(graph.output)} outputs; need one of each"], b""
-    _rename(graph, graph.input[0].name, INPUT_NAME)
-    _rename(graph, graph.output[0].name, OUTPUT_NAME)
-    problems = []
-    for value in (graph.input[0], graph.output[0]):
-        dims = _dims(value)
-        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            problems.append(f"'{value.name}' is not float32")
-        if not dims:
-            problems.append(f"'{value.name}' has no shape")
-            continue
-        if batch is None:
-            if isinstance(dims[0], int):
-                problems.append(f"batch dimension of '{value.name}' is fixed at {dims[0]}, expected dynamic")
-            else:
-                value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
-        elif dims[0] != batch:
-            problems.append(f"batch dimension of '{value.name}' is {dims[0]}, expected {batch}")
-    if _dims(graph.input[0])[1:] != list(input_shape):
-        problems.append(f"input shape {_dims(graph.input[0])} does not end in {list(input_shape)}")
-    if _opset_of(proto) != opset:
-        problems.append(f"opset is {_opset_of(proto)}, requested {opset}")
-    odd = sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in _STANDARD_DOMAINS})
-    if odd or proto.functions:
-        problems.append(f"non-standard ops or local functions: {odd or [f.name for f in proto.functions]}")
-    # Node metadata holds stack traces with this checkout's paths; without it the bytes depend on the model only.
-    for node in graph.node:
-        del node.metadata_props[:]
-    # Opsets of domains no node uses would only make runtimes look for them.
-    used = {n.domain for n in graph.node} | set(_STANDARD_DOMAINS)
-    kept = [o for o in proto.opset_import if o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
-        problems.append("model exceeds the 2 GB protobuf limit of a single-file ONNX model")
-    if problems:
-        return problems, b""
-    data = proto.SerializeToString()
-    try:
-        onnx.checker.check_model(data, full_check=True)
-    except Exception as err:  # checker raises ValidationError, shape inference InferenceError
-        return [f"onnx.checker (full_check) failed: {first_line(err)}"], b""
-    return [], data
-
-
-def _same_computation(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    """True when two graphs have the same nodes (ignoring node metadata) and the same initializers."""
-    if len(a.graph.node) != len(b.graph.node) or len(a.graph.initializer) != len(b.graph.initializer):
-        return False
-    for x, y in zip(a.graph.node, b.graph.node, strict=True):
-        if (x.op_type, x.domain, list(x.input), list(x.output), list(x.attribute)) != (
-                y.op_type, y.domain, list(y.input), list(y.output), list(y.attribute)):
-            return False
-    return {t.name: t for t in a.graph.initializer} == {t.name: t for t in b.graph.initializer}
-
-
-def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
-    # onnxslim edits the proto it is given (it strips initializers from inputs), so hand it a copy.
-    work = onnx.ModelProto()
-    work.CopyFrom(proto)
-    with contextlib.redirect_stdout(io.StringIO()):
-        slim = onnxslim.slim(work)
-    if not isinstance(slim, onnx.ModelProto):
-        raise RuntimeError("onnxslim returned no model")
-    return slim
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -374,6 +206,11 @@ def export_onnx(
     dynamic = batch is None
     n = batch or 2
 
+    weight_bytes = 4 * sum(t.numel() for t in [*model.parameters(), *model.buffers()])  # exported as float32
+    if weight_bytes > PROTOBUF_LIMIT:
+        raise UsageError(f"the model's weights take {weight_bytes / 2**30:.2f} GiB in float32, above the 2 GiB a "
+                         "single-file ONNX model can hold; tdexport does not write external-data ONNX yet")
+
     example = _seeded_normal((n, *input_shape), _EXAMPLE_SEED) if example is None else example.detach()
     parity_inputs = (_seeded_normal((n, *input_shape), _PARITY_SEED) if parity_inputs is None
                      else parity_inputs.detach())
@@ -391,7 +228,7 @@ def export_onnx(
     work.requires_grad_(False)
     with torch.inference_mode():
         reference = work(inputs).float().numpy()
-    _fold_batchnorm(work)
+    fold_batchnorm(work)
 
     notes: list[str] = []
     proto = exporter = None
@@ -401,7 +238,7 @@ def export_onnx(
         except Exception as err:  # exporters raise a wide range of types (torch.export, onnxscript, jit)
             notes.append(f"{name} exporter failed: {type(err).__name__}: {first_line(err)}")
             continue
-        problems, data = _normalise(candidate, input_shape, opset, batch)
+        problems, data = normalise(candidate, input_shape, opset, batch)
         if problems:
             notes.append(f"{name} exporter output rejected: {'; '.join(problems)}")
             continue
@@ -418,12 +255,12 @@ def export_onnx(
     simplified = False
     if simplify:
         try:
-            slim = _simplify(proto)
-            problems, slim_data = _normalise(slim, input_shape, opset, batch)
+            slim = simplify_graph(proto)
+            problems, slim_data = normalise(slim, input_shape, opset, batch)
             if problems:
                 raise RuntimeError("; ".join(problems))
             # Same nodes and weights as the graph just verified: its parity holds, no second ONNX Runtime run.
-            slim_parity = (parity if _same_computation(proto, slim)
+            slim_parity = (parity if same_computation(proto, slim)
                            else _ort_parity(slim_data, inputs.numpy(), reference, dynamic))
             if not slim_parity.passes(max_parity_err):
                 raise RuntimeError(f"parity {slim_parity.summary()}")
@@ -436,7 +273,7 @@ def export_onnx(
     atomic_write_bytes(path, data)
     return ExportResult(
         path=path,
-        opset=int(_opset_of(proto)),
+        opset=int(opset_of(proto)),
         exporter=exporter,
         simplified=simplified,
         dynamic_batch=dynamic,
