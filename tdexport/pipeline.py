@@ -1,21 +1,16 @@
-"""Orchestration: `validate` two models side by side, and `compress_and_export` end to end.
+"""Orchestration of `validate`: two models side by side, exported, measured, reported and gated.
 
-Stages, each owned by its own module: compress (`planner`) → fine-tune (`train.run`) → export
-(`export.onnx`, parity-checked) → accuracy / parity / latency per backend (`runtime` runners measured by
-`validate.*`) → gates and report (`validate.gates`, `validate.report`).
-
-Everything that can be checked before the expensive stages is checked first (backends, data set,
-class counts, output folder), so a typo costs seconds, not a fine-tuning run. A run folder appears
-whole or not at all; a failed gate still writes the report, then exits 3. When something fails after
-the compressed checkpoint exists (fine-tuning interrupted, export parity, a crash), the work so far is
-kept in ``OUT.partial`` and ``--resume`` continues from it.
+Stages, each owned by its own module: export (`export.onnx`, parity-checked) → accuracy / parity /
+latency per backend (`runtime` runners measured by `validate.*`) → gates and report (`validate.gates`,
+`validate.report`). What can be checked before measuring is checked first (input shapes, class counts,
+fixed batches, the data), so a mismatch costs seconds and never yields a verdict. A report folder
+appears whole or not at all; a failed gate still writes the report, then exits 3.
+`tdexport.compress_and_export` runs the whole flow, compression and fine-tuning included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,21 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
-from ._io import atomic_dir, atomic_write, check_out_dir, publish_dir
-from .artifacts import Artifact, dense_artifact, logit_width, resolve
+from ._io import atomic_dir
+from .artifacts import Artifact, logit_width, resolve
 from .errors import GateFailed, UsageError
 
-__all__ = ["ORIGINAL_ONNX", "COMPRESSED_ONNX", "RUN_FILE", "Artifact", "resolve", "validate",
-           "validate_into", "compress_and_export", "partial_dir", "check_backends"]
+__all__ = ["ORIGINAL_ONNX", "COMPRESSED_ONNX", "Artifact", "resolve", "validate", "validate_into", "check_backends",
+           "check_data_fits", "report_despite_gate", "say_fn"]
 
 ORIGINAL_ONNX = "original.onnx"
 COMPRESSED_ONNX = "compressed.onnx"
-RUN_FILE = "run.json"
 PARITY_SAMPLES = 8
 
 
-def _say(progress: bool) -> Callable[[str], None]:
+def say_fn(progress: bool) -> Callable[[str], None]:
+    """A progress printer to stderr, or a no-op when ``progress`` is False."""
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
 
@@ -55,8 +49,15 @@ def check_backends(backends: Sequence[str]) -> None:
         raise BackendUnavailable("; ".join(missing))
 
 
-def _check_data_fits(info: Any, data: str, shape: tuple[int, int, int], widths: dict[str, int]) -> None:
-    """Refuse data whose images or label space do not fit the models (exit 2): a wrong verdict otherwise."""
+def check_data_fits(info: Any, data: str, shape: tuple[int, int, int], widths: dict[str, int]) -> None:
+    """Refuse data whose images or label space do not fit the models (exit 2): a wrong verdict otherwise.
+
+    Args:
+        info: the data set's `tdexport.data.DataInfo` (name, input shape, label-space width, classes present).
+        data: the spec as the user wrote it, for the message.
+        shape: (C, H, W) the models take.
+        widths: ``{label: logit width}`` of each model.
+    """
     if tuple(info.input_shape) != tuple(shape):
         raise UsageError(f"--data {data} gives images {tuple(info.input_shape)} but the models take {shape}")
     for label, width in widths.items():
@@ -75,7 +76,7 @@ def _load_checked_data(data: str, shape: tuple[int, int, int], widths: dict[str,
     from .data import load_data
 
     bundle = load_data(data, augment=False)
-    _check_data_fits(bundle.info, data, shape, widths)
+    check_data_fits(bundle.info, data, shape, widths)
     return bundle
 
 
@@ -192,7 +193,7 @@ def validate_into(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    say = _say(progress)
+    say = say_fn(progress)
     arts = (original, compressed)
     if original.input_shape != compressed.input_shape:
         raise UsageError(f"input shapes differ: original {original.input_shape}, compressed {compressed.input_shape}")
@@ -274,7 +275,7 @@ def _parity_note(arts: Sequence[Artifact], backends: Sequence[str]) -> str | Non
 
 
 @contextlib.contextmanager
-def _report_despite_gate(folder: Path) -> Iterator[list[GateFailed]]:
+def report_despite_gate(folder: Path) -> Iterator[list[GateFailed]]:
     """Let a failed gate (exit 3) through only after the folder it reports into is published.
 
     A gate that fails after report.json exists is a finished run with a negative verdict: the folder must
@@ -304,155 +305,9 @@ def validate(original: Artifact, compressed: Artifact, out: str | Path, *, overw
         UsageError, GateFailed, BackendUnavailable: as `validate_into`; a failed gate is raised after the
             folder is published.
     """
-    with atomic_dir(out, overwrite=overwrite) as tmp, _report_despite_gate(tmp) as failed:
+    with atomic_dir(out, overwrite=overwrite) as tmp, report_despite_gate(tmp) as failed:
         report = validate_into(original, compressed, tmp, **options)
     if failed:
         raise failed[0]
     return report
 
-
-# ---------------------------------------------------------------------------------------------- compress-and-export
-
-
-def partial_dir(out: str | Path) -> Path:
-    """Where `compress_and_export` builds ``out`` and keeps the work of a failed run: ``OUT.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
-def _write_run(stage: Path, state: dict[str, Any]) -> None:
-    text = json.dumps(state, indent=2) + "\n"
-    atomic_write(stage / RUN_FILE, lambda p: p.write_text(text))
-
-
-def _read_run(stage: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((stage / RUN_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--resume: {stage} has no readable {RUN_FILE} ({err}); delete it and start again") from err
-    if not isinstance(state, dict) or state.get("stage") not in ("compressed", "finetuned"):
-        raise UsageError(f"--resume: {stage / RUN_FILE} is not a compress-and-export state; delete {stage}")
-    return state
-
-
-def compress_and_export(
-    model: str,
-    out: str | Path,
-    *,
-    format: str = "tucker",
-    rank: str = "vbmf",
-    weights: str = "default",
-    num_classes: int | None = None,
-    data: str | None = None,
-    finetune_cfg: Any = None,
-    compress_options: dict | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    **validate_options: Any,
-) -> dict[str, Any]:
-    """Compress → (fine-tune) → export both → validate → report, into one run folder.
-
-    Before compressing, everything cheap is checked: the output folder, the backends, the data set and
-    that its class count matches the model. The run is built in ``OUT.partial`` and renamed to ``out``
-    when the report exists (also when a gate then fails, exit 3). If anything fails once the compressed
-    checkpoint is written (Ctrl-C during fine-tuning, an export that fails parity, a crash), ``OUT.partial``
-    is kept, its path printed, and ``resume=True`` continues from it: an interrupted fine-tuning resumes
-    exactly, a finished one is not repeated.
-
-    Args:
-        model: zoo name.
-        out: run folder: plan.json, compressed.safetensors, original.onnx, compressed.onnx, report.json,
-            report.md, plots, run.json (and metrics.json / train.log when fine-tuned).
-        format: ``tucker``, ``tt``, ``cp`` or ``svd``.
-        rank: rank rule.
-        weights: weights of the original (``default`` published, ``random``, a path or run directory).
-        num_classes: classifier width.
-        data: data spec for fine-tuning and accuracy.
-        finetune_cfg: a `tdexport.train.TrainConfig` to fine-tune with (None: no fine-tuning).
-        compress_options: passed to `tdexport.planner.compress`.
-        overwrite: replace an existing non-empty ``out`` whole (and discard a stale ``OUT.partial``).
-        resume: continue the failed run kept in ``OUT.partial``; compression settings then come from its plan.
-        progress: progress output.
-        **validate_options: passed to `validate_into` (backends, batch_sizes, gates, …).
-
-    Returns:
-        The report dict.
-
-    Raises:
-        UsageError: bad input found by the checks (exit 2), before anything expensive runs.
-        BackendUnavailable: a requested backend cannot run here (exit 4), before anything expensive runs.
-        GateFailed: a gate failed (the run folder is complete) or an export failed parity (work kept).
-    """
-    from . import planner
-    from .zoo import create_model, model_info
-
-    out = Path(out)
-    stage = partial_dir(out)
-    say = _say(progress)
-    if finetune_cfg is not None and data is None:
-        raise UsageError("--finetune-epochs needs --data to train on")
-    check_out_dir(out, overwrite=overwrite)
-    if resume and not (stage / RUN_FILE).is_file():
-        raise UsageError(f"--resume: nothing to resume, {stage} does not hold an interrupted run")
-    if not resume and stage.exists():
-        if not overwrite:
-            raise UsageError(f"{stage} holds the work of an earlier failed run: pass --resume to continue it, "
-                             f"or --overwrite to discard it")
-        shutil.rmtree(stage)
-    check_backends(validate_options.get("backends", ("ort-cpu",)))
-    info = model_info(model)
-    original = create_model(model, weights=weights, num_classes=num_classes)
-    orig = dense_artifact("original", model, original, tuple(info.input_shape))
-    from .guards import require_finite
-
-    require_finite(original.state_dict().items(), f"{model} (--weights {weights})")
-    if data is not None:
-        from .data import describe_data
-
-        _check_data_fits(describe_data(data), data, orig.input_shape, {"original": logit_width(orig)})
-    state = _read_run(stage) if resume else None
-    if state is not None and (state.get("model"), state.get("weights")) != (model, weights):
-        raise UsageError(f"--resume: {stage} is a run of {state.get('model')} with --weights {state.get('weights')}, "
-                         f"not {model} with --weights {weights}")
-    keep = state is not None
-    try:
-        if state is None:
-            stage.mkdir(parents=True)
-            say("compressing …")
-            from .api import classifier_width
-
-            result = planner.compress(original, format=format, rank=rank, input_shape=info.input_shape,
-                                      model_name=model, num_classes=num_classes or classifier_width(original),
-                                      **(compress_options or {}))
-            result.plan.options["weights"] = weights
-            checkpoint.write_files(stage, result.model, plan=result.plan)
-            state = {"stage": "compressed", "model": model, "weights": weights, "num_classes": num_classes,
-                     "format": format, "rank": rank, "data": data}
-            _write_run(stage, state)
-            keep = True  # from here on the folder holds work worth resuming
-        else:
-            say(f"resuming the run in {stage} (stage: {state['stage']}; compression settings from its plan.json)")
-        if finetune_cfg is not None and state["stage"] == "compressed":
-            from .train import run
-
-            run.finetune(stage, data=data, cfg=finetune_cfg, out=stage, progress=progress,
-                         resume=(stage / "train_state.pt").is_file() and resume)
-            state["stage"] = "finetuned"
-            _write_run(stage, state)
-        (stage / "train_state.pt").unlink(missing_ok=True)  # a finished fine-tuning has nothing to resume
-        comp = resolve(stage, label="compressed")
-        comp.source = str(out)
-        with _report_despite_gate(stage) as failed:
-            report = validate_into(orig, comp, stage, data=data, progress=progress, **validate_options)
-        publish_dir(stage, out)
-    except BaseException:
-        if not keep:
-            shutil.rmtree(stage, ignore_errors=True)
-        elif stage.exists():
-            print(f"tdexport: the work so far is kept in {stage}; rerun the same command with --resume to "
-                  f"continue from it (or --overwrite to start again)", file=sys.stderr, flush=True)
-        raise
-    if failed:
-        raise failed[0]
-    return report

@@ -128,7 +128,7 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
     report.md, plots and run.json. Gates (--max-acc-drop, --min-speedup, --max-parity-err) exit 3 after
     the report. Backends, data, class counts and --out are checked before anything is compressed.
     """
-    from .. import pipeline
+    from ..compress_and_export import compress_and_export as run_flow
     from ..plan import normalise_format
     from ..ranks import parse_rank_rule
 
@@ -143,7 +143,6 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
         cfg = TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, distill=distill, device=device,
                           seed=seed)
         cfg.validate()
-    pipeline.compress_and_export(model, out, format=fmt, rank=rank, weights=weights, num_classes=num_classes,
-                                 data=data, finetune_cfg=cfg, compress_options=selection, overwrite=overwrite,
-                                 resume=resume, progress=not quiet, **opts)
+    run_flow(model, out, format=fmt, rank=rank, weights=weights, num_classes=num_classes, data=data, finetune_cfg=cfg,
+             compress_options=selection, overwrite=overwrite, resume=resume, progress=not quiet, **opts)
     click.echo(f"run folder: {out}  (report: {out / 'report.md'})")

@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._io import atomic_write_bytes
 from .environment import environment_info
 from .latency import SPEEDUP_METHOD_TEXT, p50_ratio
 from .markdown import headline_table, render_markdown
@@ -423,21 +422,6 @@ def build_report(
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; a run folder is meant to be read by others too.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Mapping[str, Any], out_dir: str | Path, *,
                  plan: Plan | Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write report.json, report.md, plot_layers.png and plot_latency.png into ``out_dir``.
@@ -471,5 +455,5 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path, *,
     paths = {}
     for key, data in contents.items():
         paths[key] = out / FILES[key]
-        _atomic_write(paths[key], data)
+        atomic_write_bytes(paths[key], data)
     return paths
