@@ -384,14 +384,15 @@ def test_failed_write_leaves_no_partial_files(tmp_path, monkeypatch):
     assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").iterdir())
 
     # A failure while renaming the last file: earlier files are complete, no temporary file is left.
-    real_replace = R.os.replace
+    import tdexport._io as io_mod
+    real_replace = io_mod.os.replace
 
     def flaky_replace(src, dst):
         if str(dst).endswith("plot_latency.png"):
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(R.os, "replace", flaky_replace)
+    monkeypatch.setattr(io_mod.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
         R.write_report(make_report(speedups=(2.0, 2.0)), out)
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
