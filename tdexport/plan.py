@@ -102,6 +102,7 @@ class Plan:
         num_classes: classifier width of the model.
         options: the remaining settings (round_to, globs, iters, ...), for reproduction.
         schema_version: version of this layout; a newer one than this tdexport knows is refused.
+        budget: a budget rule's ``rule``, ``metric``, ``target`` and ``predicted`` / ``achieved`` reductions.
     """
 
     model: str
@@ -113,10 +114,11 @@ class Plan:
     num_classes: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     schema_version: int = PLAN_SCHEMA_VERSION
+    budget: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with the plan.json keys."""
-        return asdict(self)
+        """JSON-ready dict with the plan.json keys (``budget`` only for budget rules)."""
+        return {k: v for k, v in asdict(self).items() if k != "budget" or v is not None}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "plan") -> Plan:
@@ -155,6 +157,7 @@ class Plan:
                 "a positive integer or null")
         _expect(isinstance(data.get("options", {}), dict), source, "options", "an object")
         _expect(isinstance(data["layers"], list), source, "layers", "a list")
+        _check_budget(data.get("budget"), source)
         layers = [_layer_from_dict(entry, source, i) for i, entry in enumerate(data["layers"])]
         names = [entry.name for entry in layers]
         duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -162,7 +165,8 @@ class Plan:
             raise UsageError(f"{source}: layer '{duplicate}' appears more than once")
         return cls(model=data["model"], format=data["format"], rank_rule=data["rank_rule"],
                    input_shape=list(data["input_shape"]), layers=layers, totals=dict(data["totals"]),
-                   num_classes=classes, options=dict(data.get("options", {})), schema_version=int(version))
+                   num_classes=classes, options=dict(data.get("options", {})), schema_version=int(version),
+                   budget=data.get("budget"))
 
     @classmethod
     def read(cls, path: str | Path) -> Plan:
@@ -205,6 +209,19 @@ def _int_list(value: Any, length: int | tuple[int, ...] | None = None, *, minimu
 def _expect(ok: bool, source: str, where: str, what: str) -> None:
     if not ok:
         raise UsageError(f"{source}: {where} must be {what}")
+
+
+def _check_budget(budget: Any, source: str) -> None:
+    ok = budget is None or (isinstance(budget, dict) and isinstance(budget.get("rule"), str)
+                            and budget.get("metric") in ("params", "macs", "latency")
+                            and all(_is_number(budget.get(k)) or (k != "target" and budget.get(k) is None)
+                                    for k in ("target", "predicted", "achieved")))
+    _expect(ok, source, "budget", "null or an object with 'rule', 'metric' (params, macs or latency), 'target' "
+            "and 'predicted' / 'achieved' (positive numbers or null)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _layer_from_dict(entry: Any, source: str, index: int) -> LayerPlan:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import budget_plan
 from . import layers as L
 from .errors import DecompositionError, UsageError
 from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
@@ -245,7 +246,8 @@ def compress(
     Args:
         model: dense network (Conv2d / Linear layers are considered).
         format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I)), ``cp`` or ``svd``.
-        rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay.
+        rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay. A
+            ``params:`` / ``macs:`` budget is spread over the eligible layers by `tdexport.budget_plan`.
         input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
         model_name: zoo name recorded in the plan, so `tdexport.load` can rebuild the model.
         num_classes: classifier width recorded in the plan.
@@ -263,7 +265,7 @@ def compress(
 
     Raises:
         UsageError: a malformed rank rule, a glob that matches no layer, non-finite weights, a replayed plan
-            that does not fit the model, or a rank above a mode size.
+            that does not fit the model, a rank above a mode size, or an unreachable budget (`BudgetUnreachable`).
         DecompositionError: a factorization failed at the requested ranks.
     """
     fmt = normalise_format(format)
@@ -282,6 +284,10 @@ def compress(
     new_model = copy.deepcopy(model)
     new_aliases = module_aliases(new_model)
     entries: list[LayerPlan] = []
+    budget = None if not rule.is_budget else budget_plan.choose_ranks(
+        model, sites, rule, {s.name: _eligibility(s, fmt, stem, classifier, layers, exclude, include_stem,
+                                                  include_classifier) for s in sites},
+        lambda s: _Spectra(s.module.weight.detach()), round_to=round_to)
     loop = progress(sites) if progress else sites
     for site in loop:
         m = site.module
@@ -290,7 +296,7 @@ def compress(
         if method is None:
             entries.append(_kept(site, why))
             continue
-        spectra = _Spectra(m.weight.detach())
+        spectra = budget.spectra[site.name] if budget else _Spectra(m.weight.detach())
         if replay is not None:
             planned = replay.layer(site.name)
             source = str(rule.path) if rule.path else "the given plan"
@@ -300,6 +306,11 @@ def compress(
             check_layer_fits(planned, m, source=source)
             method, ranks = planned.method, list(planned.ranks)
             reason = f"replayed from {source}"
+        elif budget is not None:
+            ranks, reason = budget.ranks(site.name), f"budget {rule.text}"
+            if ranks is None:
+                entries.append(_kept(site, budget.kept_reason(site.name)))
+                continue
         else:
             try:
                 ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra, round_to)
@@ -326,8 +337,9 @@ def compress(
     options = {"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
                "include_stem": include_stem, "include_classifier": include_classifier,
                "iters": iters, "cp_iters": cp_iters}
-    plan = Plan(model_name, fmt, rule.text, list(input_shape), entries, _totals(model, new_model, entries),
-                num_classes, options)
+    totals = _totals(model, new_model, entries)
+    plan = Plan(model_name, fmt, rule.text, list(input_shape), entries, totals, num_classes, options,
+                budget=budget.record(totals) if budget else None)
     return Compressed(new_model, plan)
 
 

@@ -9,6 +9,13 @@ Accepted forms (see `RANK_RULE_FORMS`):
 * ``ratio:F`` — keep ⌈F·n⌉ of each mode of size n (for CP: F·O components), F in (0, 1].
 * ``N`` — the fixed rank N on every mode; a mode smaller than N is an error.
 * ``plan:FILE`` — replay the per-layer decisions and ranks of an earlier (possibly edited) plan.json.
+* ``params:Kx`` / ``macs:Kx`` — a whole-model budget: K > 1 times fewer parameters (all of the model's) or
+  MACs (conv + linear), spent across layers by `tdexport.budget`. ``params:F`` / ``macs:F`` with 0 < F < 1
+  keep fraction F, i.e. K = 1/F.
+* ``latency:Kx`` — K > 1 times faster on a measured target backend (only the ``x`` form).
+
+Budget rules (`RankRule.is_budget`) have no per-layer meaning: they are resolved jointly over all layers
+by the planner, so `mode_rank` refuses them.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from torch import Tensor
 from .errors import UsageError
 from .factor.evbmf import evbmf_rank_from_values
 
-__all__ = ["RANK_RULE_FORMS", "RankRule", "parse_rank_rule", "round_rank", "mode_rank"]
+__all__ = ["RANK_RULE_FORMS", "BUDGET_KINDS", "RankRule", "parse_rank_rule", "round_rank", "mode_rank"]
 
-RANK_RULE_FORMS = "vbmf, vbmf:W (0<W≤1), energy:E (0<E<1), ratio:F (0<F≤1), N (an integer ≥ 1), plan:FILE"
+RANK_RULE_FORMS = ("vbmf, vbmf:W (0<W≤1), energy:E (0<E<1), ratio:F (0<F≤1), N (an integer ≥ 1), plan:FILE, "
+                   "params:Kx / macs:Kx (K>1 times fewer), params:F / macs:F (0<F<1 kept), latency:Kx (K>1)")
+BUDGET_KINDS = ("params", "macs", "latency")
 
 
 @dataclass(frozen=True)
@@ -34,9 +43,11 @@ class RankRule:
     """A parsed rank rule.
 
     Attributes:
-        kind: one of ``vbmf``, ``energy``, ``ratio``, ``fixed``, ``plan``.
+        kind: one of ``vbmf``, ``energy``, ``ratio``, ``fixed``, ``plan``, or a budget: ``params``,
+            ``macs``, ``latency``.
         value: the number after the colon (weakening factor, energy, ratio or fixed rank); 1.0 for
-            plain ``vbmf``; 0 for ``plan``.
+            plain ``vbmf``; 0 for ``plan``; for budgets the whole-model reduction factor K > 1 (a
+            fraction kept F is stored as 1/F).
         path: the plan file for ``plan`` rules.
         text: the rule as the user wrote it, recorded in plan.json.
     """
@@ -50,6 +61,11 @@ class RankRule:
     def needs_spectrum(self) -> bool:
         """Whether resolving this rule needs the singular values of each mode."""
         return self.kind in ("vbmf", "energy")
+
+    @property
+    def is_budget(self) -> bool:
+        """Whether this is a whole-model budget (``params:``, ``macs:``, ``latency:``), allocated jointly."""
+        return self.kind in BUDGET_KINDS
 
     def __str__(self) -> str:
         return self.text
@@ -76,6 +92,8 @@ def parse_rank_rule(text: str) -> RankRule:
         if not tail:
             raise _bad(text, "plan: needs a file path")
         return RankRule("plan", path=Path(tail), text=raw)
+    if head in BUDGET_KINDS:
+        return RankRule(head, _budget_factor(text, head, tail), text=raw)
     try:
         value = float(tail)
     except ValueError:
@@ -87,6 +105,27 @@ def parse_rank_rule(text: str) -> RankRule:
     if not (lo < value < hi or (hi_inclusive and value == hi)):
         raise _bad(text, f"{head} takes a value in ({lo:g}, {hi:g}{']' if hi_inclusive else ')'}")
     return RankRule(head, value, text=raw)
+
+
+def _budget_factor(text: str, head: str, tail: str) -> float:
+    """Reduction factor K > 1 of a budget rule's ``Kx`` tail (params/macs also take a fraction kept ``F``)."""
+    tail = tail.strip().lower()
+    factor_form = tail.endswith("x")
+    try:
+        value = float(tail[:-1] if factor_form else tail)
+    except ValueError:
+        raise _bad(text, f"'{tail}' is not a number") from None
+    if not math.isfinite(value):
+        raise _bad(text, "the factor must be finite")
+    if factor_form:
+        if value <= 1:
+            raise _bad(text, f"{head}:Kx needs a reduction factor K > 1")
+        return value
+    if head == "latency":
+        raise _bad(text, "latency takes only a speedup factor Kx with K > 1")
+    if not 0 < value < 1:
+        raise _bad(text, f"{head}:F without 'x' is the fraction kept and needs 0 < F < 1")
+    return 1.0 / value
 
 
 def round_rank(rank: int, size: int, round_to: int | None) -> int:
