@@ -70,6 +70,8 @@ class LayerPlan:
         rel_error: ‖W − Ŵ‖_F / ‖W‖_F of the factorization, None when kept.
         in_hw: input (H, W) of a conv at its first call; None for Linear.
         tokens: rows a Linear sees per sample (1 for classifiers).
+        dense_ms, chain_ms: measured time per call of the dense layer and of its factor chain at ``ranks`` on
+            the plan's target (``options["target"]``), in ms; None without a target.
     """
 
     name: str
@@ -86,6 +88,8 @@ class LayerPlan:
     rel_error: float | None = None
     in_hw: list[int] | None = None
     tokens: int = 1
+    dense_ms: float | None = None
+    chain_ms: float | None = None
 
 
 @dataclass
@@ -252,6 +256,8 @@ def _layer_from_dict(entry: Any, source: str, index: int) -> LayerPlan:
                   "null or [H, W], positive integers"),
         "tokens": (_is_int(entry.get("tokens", 1)) and entry.get("tokens", 1) >= 1, "a positive integer"),
     }
+    for key in ("dense_ms", "chain_ms"):
+        checks[key] = (entry.get(key) is None or _is_number(entry[key]), "a positive number or null")
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         checks[key] = (_is_int(entry[key]) and entry[key] >= 0, "a non-negative integer")
     for key, (ok, what) in checks.items():

@@ -8,8 +8,6 @@ shape without factorizing anything. The plan data model, its validation and `app
 from __future__ import annotations
 
 import copy
-import difflib
-import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ from torch import nn
 
 from . import budget_plan
 from . import layers as L
+from .cost import CostCache, Target, auto_round_to
 from .errors import DecompositionError, UsageError
 from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
 from .factor.cp import cp_als
@@ -30,14 +29,17 @@ from .plan import (
     Compressed,
     LayerPlan,
     Plan,
-    allowed_methods,
     check_layer_fits,
-    factorable,
     module_aliases,
     normalise_format,
     set_submodule,
 )
 from .ranks import RankRule, mode_rank, parse_rank_rule
+from .selection import check_globs as _check_globs
+from .selection import check_replay_names as _check_replay_names
+from .selection import eligibility as _eligibility
+from .selection import ends as _ends
+from .speed_plan import TargetCosts, as_target, latency_choice
 
 __all__ = ["LayerSite", "profile_layers", "compress", "survey"]
 
@@ -110,19 +112,6 @@ def _site_cost(site: LayerSite, chain: Sequence[nn.Module]) -> tuple[int, int]:
     calls = site.call_inputs or [(site.in_hw, site.tokens)]
     macs = sum(L.chain_cost(chain, in_hw=hw, tokens=tokens)[1] for hw, tokens in calls)
     return params, macs
-
-
-def _method_for(module: nn.Module, fmt: str) -> tuple[str | None, str]:
-    """Method a layer gets under a format, or (None, reason it is kept)."""
-    why = factorable(module)
-    if why is not None:
-        return None, why
-    methods = allowed_methods(module)
-    if methods == ("svd",):
-        return "svd", ""
-    if fmt == "svd":
-        return None, "the svd format factors only 1×1 convs and Linear layers"
-    return fmt, ""
 
 
 class _Spectra:
@@ -205,19 +194,6 @@ def _totals(model: nn.Module, compressed: nn.Module, entries: list[LayerPlan]) -
     }
 
 
-def _check_globs(sites: list[LayerSite], globs: Sequence[str], option: str) -> None:
-    """Every glob must match some Conv2d / Linear name: a typo would otherwise silently change the plan."""
-    names = [n for s in sites for n in s.aliases or (s.name,)]
-    for glob in globs:
-        if any(fnmatch.fnmatchcase(n, glob) for n in names):
-            continue
-        stem = glob.replace("*", "").replace("?", "").strip(".")
-        close = difflib.get_close_matches(stem, names, n=5, cutoff=0.5)
-        hint = f"close names: {', '.join(close)}" if close else f"layer names look like: {', '.join(names[:5])}"
-        raise UsageError(f"{option} '{glob}' matches no Conv2d / Linear layer; {hint} "
-                         f"(`tdexport inspect MODEL` lists them all)")
-
-
 def compress(
     model: nn.Module,
     *,
@@ -226,7 +202,7 @@ def compress(
     input_shape: Sequence[int] = (3, 224, 224),
     model_name: str = "custom",
     num_classes: int | None = None,
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     layers: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_stem: bool = False,
@@ -234,14 +210,19 @@ def compress(
     iters: int = 5,
     cp_iters: int = 100,
     progress: Callable[[Sequence[Any]], Any] | None = None,
+    target: str | Target | None = None,
+    cost_cache: CostCache | None = None,
+    say: Callable[[str], Any] | None = None,
 ) -> Compressed:
     """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
 
     The input model is not modified. Layers are kept dense, with the reason recorded, when they are not
     exact ``nn.Conv2d`` / ``nn.Linear`` (subclasses may compute something else), grouped/depthwise, padded
     in a way no symmetric integer padding reproduces, the stem or the classifier (unless included),
-    outside ``layers`` globs, inside ``exclude`` globs, or when the chosen ranks would not cut both
-    parameters and MACs. A layer registered under several names is replaced under all of them.
+    outside ``layers`` globs, inside ``exclude`` globs, when the chosen ranks would not cut both
+    parameters and MACs, or, with a ``target``, when the factor chain is not faster than the dense layer
+    on that runtime (both measured; the times are in the plan). A layer registered under several names is
+    replaced under all of them.
 
     Args:
         model: dense network (Conv2d / Linear layers are considered).
@@ -251,14 +232,20 @@ def compress(
         input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
         model_name: zoo name recorded in the plan, so `tdexport.load` can rebuild the model.
         num_classes: classifier width recorded in the plan.
-        round_to: round every rank up to a multiple of this (never above the mode size).
+        round_to: round every rank up to a multiple of this (never above the mode size); ``"auto"``
+            measures the multiple the target runs best (`tdexport.cost.auto_round_to`; needs ``target``).
         layers: only layers whose dotted name matches one of these globs are considered.
         exclude: layers whose name matches one of these globs are kept.
         include_stem: also factor the first conv executed.
         include_classifier: also factor the last layer executed.
         iters: maximum HOOI sweeps after the HOSVD start (Tucker-2).
         cp_iters: ALS iterations (CP).
-        progress: optional wrapper for the per-layer loop, e.g. ``tqdm``.
+        progress: optional wrapper for the per-layer loop, e.g. ``tqdm`` (also shows the cost bars).
+        target: ``BACKEND[:BATCH]`` or a `tdexport.cost.Target`: the runtime whose measured layer times
+            decide which layers pay and price the ``latency:`` rule. None: no measurement.
+        cost_cache: where layer timings are cached (default the user cache; ``CostCache(enabled=False)``
+            measures afresh).
+        say: progress messages of the ``latency:`` search.
 
     Returns:
         `Compressed` with the new model and its `Plan`.
@@ -281,98 +268,127 @@ def compress(
     _check_globs(sites, layers, "--layers")
     _check_globs(sites, exclude, "--exclude")
     stem, classifier = _ends(sites)
+    eligibility = {s.name: _eligibility(s, fmt, stem, classifier, layers, exclude, include_stem, include_classifier)
+                   for s in sites}
+    target = as_target(target)
+    costs = TargetCosts(target, cost_cache, True if progress else None) if target is not None else None
+    options: dict[str, Any] = {}
+    if round_to == "auto":
+        if costs is None:
+            raise UsageError("--round-to auto measures which multiple runs best on the target: give --target "
+                             "BACKEND[:BATCH]")
+        round_to, options["round_to_auto"] = auto_round_to(costs.target, cache=costs.cache, progress=costs.progress)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise UsageError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
+    spectra: dict[str, _Spectra] = {}
+
+    def spectra_of(site: LayerSite) -> _Spectra:
+        return spectra.setdefault(site.name, _Spectra(site.module.weight.detach()))
+
+    budget, latency = None, None
+    if rule.kind == "latency":
+        if costs is None:
+            raise UsageError(f"{rule.text} needs --target BACKEND[:BATCH] to measure layer latencies on; "
+                             "params: and macs: budgets need no target")
+        budget, _, latency = latency_choice(
+            model, sites, rule, eligibility, spectra_of, costs, input_shape=input_shape, round_to=round_to,
+            keep=lambda choice: _slow_layers(costs, sites, eligibility, choice), say=say or (lambda _m: None))
+    elif rule.is_budget:
+        budget = budget_plan.choose_ranks(model, sites, rule, eligibility, spectra_of, round_to=round_to)
+    kept: dict[str, LayerPlan] = {}
+    chosen: dict[str, tuple[LayerSite, str, list[int], str]] = {}
+    for site in sites:
+        decision = _decide(site, eligibility[site.name], rule, replay, budget, spectra_of, round_to)
+        if isinstance(decision, LayerPlan):
+            kept[site.name] = decision
+        else:
+            chosen[site.name] = decision
+    if costs is not None and chosen:
+        times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _) in chosen.items()})
+        for name, (dense, chain) in times.items():
+            if chain >= dense:
+                site, method, ranks, _ = chosen.pop(name)
+                kept[name] = _kept(site, costs.reason(name), method, ranks)
+                kept[name].dense_ms, kept[name].chain_ms = dense, chain
     new_model = copy.deepcopy(model)
     new_aliases = module_aliases(new_model)
     entries: list[LayerPlan] = []
-    budget = None if not rule.is_budget else budget_plan.choose_ranks(
-        model, sites, rule, {s.name: _eligibility(s, fmt, stem, classifier, layers, exclude, include_stem,
-                                                  include_classifier) for s in sites},
-        lambda s: _Spectra(s.module.weight.detach()), round_to=round_to)
     loop = progress(sites) if progress else sites
     for site in loop:
+        if site.name in kept:
+            entries.append(kept[site.name])
+            continue
+        _, method, ranks, reason = chosen[site.name]
         m = site.module
-        method, why = _eligibility(site, fmt, stem, classifier, layers, exclude, include_stem,
-                                   include_classifier)
-        if method is None:
-            entries.append(_kept(site, why))
-            continue
-        spectra = budget.spectra[site.name] if budget else _Spectra(m.weight.detach())
-        if replay is not None:
-            planned = replay.layer(site.name)
-            source = str(rule.path) if rule.path else "the given plan"
-            if planned is None or planned.decision != "decomposed":
-                entries.append(_kept(site, f"kept in {source}" if planned else f"not in {source}"))
-                continue
-            check_layer_fits(planned, m, source=source)
-            method, ranks = planned.method, list(planned.ranks)
-            reason = f"replayed from {source}"
-        elif budget is not None:
-            ranks, reason = budget.ranks(site.name), f"budget {rule.text}"
-            if ranks is None:
-                entries.append(_kept(site, budget.kept_reason(site.name)))
-                continue
-        else:
-            try:
-                ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra, round_to)
-            except UsageError as err:
-                raise UsageError(f"{site.name} {tuple(m.weight.shape)}: {err}") from err
-            reason = f"rank rule {rule.text}"
-        before = _site_cost(site, [m])
-        after = _site_cost(site, L.structure_for(method, m, ranks))
-        if not (after[0] < before[0] and after[1] < before[1]):
-            entries.append(_kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks))
-            continue
         try:
-            seq, err = _decompose(method, m, ranks, spectra, iters=iters, cp_iters=cp_iters)
+            seq, err = _decompose(method, m, ranks, spectra_of(site), iters=iters, cp_iters=cp_iters)
         except DecompositionError as exc:
             raise DecompositionError(f"{site.name} {tuple(m.weight.shape)}: {exc}") from exc
-        target = new_model.get_submodule(site.name)
-        for name in new_aliases[id(target)]:
+        replaced = new_model.get_submodule(site.name)
+        for name in new_aliases[id(replaced)]:
             set_submodule(new_model, name, seq)
+        before, after = _site_cost(site, [m]), _site_cost(site, seq)
+        dense_ms, chain_ms = costs.timings[site.name] if costs is not None else (None, None)
         entries.append(LayerPlan(site.name, _type_name(m), list(m.weight.shape), method, ranks,
                                  "decomposed", reason, before[0], after[0], before[1], after[1],
-                                 float(err), list(site.in_hw) if site.in_hw else None, site.tokens))
+                                 float(err), list(site.in_hw) if site.in_hw else None, site.tokens,
+                                 dense_ms, chain_ms))
     if replay is not None:
         _check_replay_names(replay, sites, str(rule.path) if rule.path else "the given plan")
-    options = {"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
-               "include_stem": include_stem, "include_classifier": include_classifier,
-               "iters": iters, "cp_iters": cp_iters}
+    options.update({"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
+                    "include_stem": include_stem, "include_classifier": include_classifier,
+                    "iters": iters, "cp_iters": cp_iters})
+    if target is not None:
+        options["target"] = {"backend": target.backend, "batch": target.batch, "precision": target.precision,
+                             "threads": target.threads}
     totals = _totals(model, new_model, entries)
+    record = budget.record(totals) if budget else None
+    if record is not None and latency is not None:
+        record.update(latency, achieved=latency["measured"], target=rule.value, rule=rule.text)
     plan = Plan(model_name, fmt, rule.text, list(input_shape), entries, totals, num_classes, options,
-                budget=budget.record(totals) if budget else None)
+                budget=record)
     return Compressed(new_model, plan)
 
 
-def _check_replay_names(replay: Plan, sites: list[LayerSite], source: str) -> None:
-    """A decomposed entry naming no layer of the model means the plan belongs to another model."""
-    names = {n for s in sites for n in s.aliases or (s.name,)}
-    for entry in replay.layers:
-        if entry.decision == "decomposed" and entry.name not in names:
-            close = difflib.get_close_matches(entry.name, sorted(names), n=3)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise UsageError(f"{source}: layer '{entry.name}' does not exist in model {replay.model} as run here"
-                             f"{hint}")
+def _decide(site: LayerSite, eligible: tuple[str | None, str], rule: RankRule, replay: Plan | None,
+            budget: budget_plan.BudgetChoice | None, spectra_of: Callable[[LayerSite], _Spectra],
+            round_to: int | None) -> LayerPlan | tuple[LayerSite, str, list[int], str]:
+    """One layer's decision: a kept `LayerPlan`, or (site, method, ranks, reason) to factor."""
+    method, why = eligible
+    m = site.module
+    if method is None:
+        return _kept(site, why)
+    if replay is not None:
+        planned = replay.layer(site.name)
+        source = str(rule.path) if rule.path else "the given plan"
+        if planned is None or planned.decision != "decomposed":
+            return _kept(site, f"kept in {source}" if planned else f"not in {source}")
+        check_layer_fits(planned, m, source=source)
+        method, ranks, reason = planned.method, list(planned.ranks), f"replayed from {source}"
+    elif budget is not None:
+        ranks, reason = budget.ranks(site.name), f"budget {rule.text}"
+        if ranks is None:
+            return _kept(site, budget.kept_reason(site.name))
+    else:
+        try:
+            ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra_of(site), round_to)
+        except UsageError as err:
+            raise UsageError(f"{site.name} {tuple(m.weight.shape)}: {err}") from err
+        reason = f"rank rule {rule.text}"
+    before = _site_cost(site, [m])
+    after = _site_cost(site, L.structure_for(method, m, ranks))
+    if not (after[0] < before[0] and after[1] < before[1]):
+        return _kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks)
+    return site, method, ranks, reason
 
 
-def _eligibility(site: LayerSite, fmt: str, stem: str | None, classifier: str, layers: Sequence[str],
-                 exclude: Sequence[str], include_stem: bool, include_classifier: bool) -> tuple[str | None, str]:
-    """The method a layer would get, or (None, the reason it stays dense)."""
-    names = site.aliases or (site.name,)
-    if layers and not any(fnmatch.fnmatchcase(n, g) for n in names for g in layers):
-        return None, "not matched by --layers"
-    hit = next((g for g in exclude for n in names if fnmatch.fnmatchcase(n, g)), None)
-    if hit:
-        return None, f"excluded by --exclude {hit}"
-    if site.name == stem and not include_stem:
-        return None, "stem (first conv); use --include-stem to factor it"
-    if site.name == classifier and not include_classifier:
-        return None, "classifier (last layer); use --include-classifier to factor it"
-    return _method_for(site.module, fmt)
-
-
-def _ends(sites: list[LayerSite]) -> tuple[str | None, str]:
-    stem = next((s.name for s in sites if isinstance(s.module, nn.Conv2d)), None)
-    return stem, sites[-1].name
+def _slow_layers(costs: TargetCosts, sites: Sequence[LayerSite], eligibility: dict[str, tuple[str | None, str]],
+                 choice: budget_plan.BudgetChoice) -> dict[str, str]:
+    """Layers of an allocation whose measured chain is not faster than the dense layer (name → reason)."""
+    pending = {s.name: (s, eligibility[s.name][0], choice.ranks(s.name)) for s in sites
+               if choice.ranks(s.name) is not None}
+    times = costs.verdicts(pending)
+    return {name: costs.reason(name) for name, (dense, chain) in times.items() if chain >= dense}
 
 
 def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[int] = (3, 224, 224),

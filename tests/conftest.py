@@ -1,10 +1,16 @@
 """Shared fixtures: one trained digits baseline per test session (training it twice would double CI time)."""
 
 import json
+import os
+import tempfile
 
 import pytest
 
 from tdexport.cli import main
+
+# Layer timings measured by tests go to a throwaway cache, never the user's (shared by the whole session so
+# identical geometries are timed once; subprocesses inherit it).
+os.environ.setdefault("TDEXPORT_CACHE_DIR", tempfile.mkdtemp(prefix="tdexport-test-costs-"))
 
 
 def run_cli(args):

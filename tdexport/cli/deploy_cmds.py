@@ -124,6 +124,9 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
                         seed: int, out: Path | None, overwrite: bool, resume: bool, quiet: bool, **kw) -> None:
     """Compress MODEL, optionally fine-tune, export both models to ONNX, validate, and report.
 
+    Layer decisions are measured on --target, by default the first --backend at the largest --batch-sizes
+    (--target none: no measurement): a layer whose factor chain is not faster there stays dense.
+
     The run folder holds plan.json, compressed.safetensors, original.onnx, compressed.onnx, report.json,
     report.md, plots and run.json. Gates (--max-acc-drop, --min-speedup, --max-parity-err) exit 3 after
     the report. Backends, data, class counts and --out are checked before anything is compressed.
@@ -135,6 +138,11 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
     parse_rank_rule(rank)
     selection = selection_kwargs(kw)
     opts = validate_kwargs(kw)
+    if selection["target"] is None:
+        selection["target"] = default_target(opts["backends"], opts["batch_sizes"])
+    selection["target"] = selection["target"] or None
+    if not quiet:
+        selection["say"] = click.echo
     out = out or Path("runs") / f"{model}-{normalise_format(fmt)}"
     cfg = None
     if finetune_epochs:
@@ -146,3 +154,15 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
     run_flow(model, out, format=fmt, rank=rank, weights=weights, num_classes=num_classes, data=data, finetune_cfg=cfg,
              compress_options=selection, overwrite=overwrite, resume=resume, progress=not quiet, **opts)
     click.echo(f"run folder: {out}  (report: {out / 'report.md'})")
+
+
+def default_target(backends: list[str], batch_sizes: list[int] | None):
+    """The default target of compress-and-export: its first backend at the largest latency batch size.
+
+    None when the first backend is ``torch`` (layer costs are timed on ONNX runtimes only).
+    """
+    from ..cost import TARGET_BACKENDS, Target
+
+    if backends[0] not in TARGET_BACKENDS:
+        return None
+    return Target(backends[0], max(batch_sizes or (1, 32)))

@@ -55,10 +55,12 @@ def compress(model: str, fmt: str, rank: str, weights: str, num_classes: int | N
     parse_rank_rule(rank)  # fail on a malformed rule before any model is built
     out = out or Path(f"{model}-{normalise_format(fmt)}")
     check_out_dir(out, overwrite=overwrite)
+    selection = selection_kwargs(kw)
+    selection["target"] = selection["target"] or None
     result = api.compress(
         model, format=fmt, rank=rank, weights=weights, num_classes=num_classes, iters=iters, cp_iters=cp_iters,
         progress=lambda items: tqdm(items, desc="factorizing", unit="layer", leave=False, disable=None),
-        **selection_kwargs(kw),
+        say=None if quiet else click.echo, **selection,
     )
     api.save(out, result, overwrite=overwrite)
     if not quiet:

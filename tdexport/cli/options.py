@@ -12,7 +12,9 @@ from ..errors import UsageError
 RANK_HELP = (
     "Rank rule. vbmf: EVBMF per mode; vbmf:W: MUSCO-weakened EVBMF, 0<W≤1 (smaller keeps more); "
     "energy:E: smallest rank keeping more than fraction E of σ² per mode; ratio:F: keep fraction F of "
-    "each mode (CP: of the output channels); N: fixed rank N; plan:FILE: replay an edited plan.json."
+    "each mode (CP: of the output channels); N: fixed rank N; plan:FILE: replay an edited plan.json; "
+    "params:Kx / macs:Kx (or a fraction kept, params:0.33): whole-model budget spent where the least spectral "
+    "energy is lost; latency:Kx: measured speedup K on --target, verified end to end (unreachable: exit 2)."
 )
 
 FORMAT_HELP = ("tucker: k×k convs → 1×1·k×k·1×1 (Tucker-2), 1×1 convs and Linear → two-layer SVD. "
@@ -46,9 +48,15 @@ overwrite_option = click.option(
 def layer_selection_options(func):
     """``--layers``, ``--exclude``, ``--include-stem``, ``--include-classifier`` and ``--round-to``."""
     options = [
-        click.option("--round-to", type=click.IntRange(min=1), default=None,
+        click.option("--round-to", default=None, metavar="K|auto",
                      help="Round every rank up to a multiple of K (e.g. 8 or 16 for tensor cores), never above "
-                          "the mode size."),
+                          "the mode size; 'auto' measures on --target which multiple runs best."),
+        click.option("--target", default=None, metavar="BACKEND[:BATCH]",
+                     help="Runtime whose measured layer times drive decisions: a layer whose factor chain is not "
+                          "faster there stays dense, and latency:Kx is priced on it (ort-cpu, ort-cuda, ort-trt, "
+                          "trt; batch 1 when omitted; 'none': no measurement). Timings are cached "
+                          "(TDEXPORT_CACHE_DIR)."),
+        click.option("--no-cache", is_flag=True, help="Measure layer times afresh (neither read nor write the cache)."),
         click.option("--layers", "layer_globs", multiple=True, metavar="GLOB",
                      help="Only consider layers whose dotted name matches GLOB (repeatable), e.g. 'layer3.*'. "
                           "A glob that matches no Conv2d / Linear layer exits 2."),
@@ -63,10 +71,33 @@ def layer_selection_options(func):
     return func
 
 
+def round_to_value(text: str | None) -> int | str | None:
+    """``--round-to``: a positive integer or ``auto``; anything else exits 2."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"--round-to takes a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def selection_kwargs(kw: dict) -> dict:
-    """Pop the `layer_selection_options` values as `tdexport.planner.compress` keyword arguments."""
-    return {"round_to": kw.pop("round_to"), "layers": kw.pop("layer_globs"), "exclude": kw.pop("exclude_globs"),
-            "include_stem": kw.pop("include_stem"), "include_classifier": kw.pop("include_classifier")}
+    """Pop the `layer_selection_options` values as `tdexport.planner.compress` keyword arguments.
+
+    ``--target`` is parsed here (exit 2 when malformed; ``none`` gives False, "explicitly no target", for
+    commands that default one); ``--no-cache`` becomes a disabled `CostCache`.
+    """
+    from ..cost import CostCache, parse_target
+
+    target, no_cache = kw.pop("target"), kw.pop("no_cache")
+    return {"round_to": round_to_value(kw.pop("round_to")), "layers": kw.pop("layer_globs"),
+            "exclude": kw.pop("exclude_globs"), "include_stem": kw.pop("include_stem"),
+            "include_classifier": kw.pop("include_classifier"),
+            "target": (False if target.strip().lower() == "none" else parse_target(target)) if target else None,
+            "cost_cache": CostCache(enabled=False) if no_cache else None}
 
 
 def training_options(func):

@@ -1,0 +1,229 @@
+"""Runtime-aware decisions in the planner: layers that do not pay stay dense, and the ``latency:`` rule.
+
+With a target (``--target BACKEND[:BATCH]``), every layer the rank rule would factor is timed on that target
+dense and as its factor chain at the chosen ranks (`tdexport.cost`, cached); a chain that is not faster
+keeps the layer dense, with both times in the reason. The ``latency:Kx`` rule spends a time budget with the
+same allocator as ``params:`` / ``macs:`` (`tdexport.budget_plan.choose_ranks`), pricing each rank option by
+its measured (interpolated) chain time, then checks the whole model end to end (both models exported and
+timed side by side, `tdexport.speed.measure_speedup`) and corrects the allocation until the measured
+speedup is within ±10 % of K or no further step helps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from .budget import BudgetUnreachable
+from .cost import CostCache, CostTable, Geometry, Target, measure_costs, parse_target, profile_costs, time_graphs
+from .errors import UsageError
+from .ranks import RankRule
+
+if TYPE_CHECKING:
+    from .budget_plan import BudgetChoice
+    from .planner import LayerSite
+
+__all__ = ["TOLERANCE", "TargetCosts", "as_target", "latency_choice"]
+
+TOLERANCE = 0.10
+"""A ``latency:Kx`` allocation is accepted once its measured speedup is within this fraction of K."""
+_MAX_STEPS = 4
+
+
+def as_target(target: str | Target | None, *, threads: int | None = None) -> Target | None:
+    """A `Target` from ``BACKEND[:BATCH]`` text (or a `Target`, or None)."""
+    if target is None or isinstance(target, Target):
+        return target
+    return parse_target(target, threads=threads)
+
+
+@dataclass
+class TargetCosts:
+    """Layer timings on one target for one `tdexport.planner.compress` call.
+
+    Attributes:
+        target: backend, batch and threads timed on.
+        cache: the persistent cost cache (``CostCache(enabled=False)`` for ``--no-cache``).
+        progress: tqdm bars while measuring (None: only on a terminal).
+        timings: layer name → (dense ms, chain ms) of every verdict given, for the plan.
+    """
+
+    target: Target
+    cache: CostCache | None = None
+    progress: bool | None = None
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def verdicts(self, chosen: Mapping[str, tuple[LayerSite, str, Sequence[int]]]) -> dict[str, tuple[float, float]]:
+        """Time each layer dense and as its chain at the chosen ranks, interleaved per geometry.
+
+        Args:
+            chosen: layer name → (site, method, ranks) the rank rule picked.
+
+        Returns:
+            layer name → (dense ms, chain ms) per call at ``target.batch``, also kept in ``timings``.
+        """
+        requests = {}
+        for name, (site, method, ranks) in chosen.items():
+            geometry = Geometry.of(site.module, site.in_hw, site.tokens)
+            requests[name] = ((geometry, "dense", ()), (geometry, method, tuple(int(r) for r in ranks)))
+        times = measure_costs([r for pair in requests.values() for r in pair], self.target, cache=self.cache,
+                              progress=self.progress)
+        for name, (dense, chain) in requests.items():
+            self.timings[name] = (times[dense], times[chain])
+        return {name: self.timings[name] for name in requests}
+
+    def reason(self, name: str) -> str:
+        """Why a layer whose chain does not pay is kept, naming both times."""
+        dense, chain = self.timings[name]
+        return f"factor chain {chain:.3f} ms ≥ dense {dense:.3f} ms on {self.target.backend} b{self.target.batch}"
+
+    def table(self, sites: Sequence[LayerSite], methods: Mapping[str, str | None], *,
+              round_to: int | None) -> CostTable:
+        """Profile every eligible layer on the rank grid (dense and chain times, interpolated in between)."""
+        specs = [(s.name, s.module, s.in_hw, s.tokens, methods[s.name]) for s in sites if methods.get(s.name)]
+        return profile_costs(specs, self.target, cache=self.cache, round_to=round_to, progress=self.progress)
+
+
+def _call_overhead_ms(target: Target) -> float:
+    """Time of a session call that does almost nothing (one Relu on a 1×8 tensor), ms.
+
+    Every standalone layer timing includes this fixed cost of a runtime call, which the layers of a whole
+    model do not pay one by one; it is subtracted from the layer costs.
+    """
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [target.batch, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [target.batch, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "noop", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return time_graphs({"noop": model.SerializeToString()}, target)["noop"]
+
+
+def _time_cost(table: CostTable, sites: Sequence[LayerSite], overhead: float) -> Callable[[Any, str, Any], float]:
+    calls = {s.name: max(1, s.calls) for s in sites}
+
+    def cost(site: Any, method: str, ranks: tuple[int, ...] | None) -> float:
+        ms = table.dense_ms(site.name) if ranks is None else table.chain_ms(site.name, ranks)
+        return max(ms - overhead, 0.0) * calls[site.name]
+
+    return cost
+
+
+def latency_choice(
+    model: nn.Module,
+    sites: Sequence[LayerSite],
+    rule: RankRule,
+    eligibility: Mapping[str, tuple[str | None, str]],
+    spectra: Callable[[LayerSite], Any],
+    costs: TargetCosts,
+    *,
+    input_shape: Sequence[int],
+    round_to: int | None,
+    keep: Callable[[BudgetChoice], dict[str, str]],
+    say: Callable[[str], Any] = lambda _msg: None,
+) -> tuple[BudgetChoice, dict[str, str], dict[str, Any]]:
+    """Allocate a ``latency:Kx`` rule with measured layer costs and verify it on the whole model.
+
+    Each step allocates a time budget of T/K' (T the measured original, K' starting at K) over the eligible
+    layers, builds a model of that structure (random factors: speed does not depend on their values),
+    exports both models and times them paired on the target. K' is then corrected by K / measured and the
+    step repeated, at most four steps, until the measured speedup is within ±10 % of K. The step whose
+    measurement is closest to K is returned.
+
+    Args:
+        model: the dense model.
+        sites: its Conv2d / Linear sites (`tdexport.planner.profile_layers`).
+        rule: the ``latency:`` rule; ``rule.value`` is K.
+        eligibility: site name → (method, None when not eligible; the reason).
+        spectra: site → its weight's spectra.
+        costs: the target and cache.
+        input_shape: (C, H, W) of one image.
+        round_to: alignment of candidate ranks.
+        keep: given an allocation, the layers to keep dense anyway (name → reason; the "never slower" check).
+        say: progress messages.
+
+    Returns:
+        (choice, kept, record): the allocation, the layers kept by ``keep``, and the plan's ``budget`` entry
+        additions: ``measured`` (×), ``original_ms``, ``compressed_ms`` and ``steps`` (each step's K',
+        predicted and measured speedups).
+
+    Raises:
+        BudgetUnreachable: K is above what the fastest grid ranks reach, measured or predicted (exit 2 with the
+            best figure).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .budget_plan import choose_ranks
+    from .speed import export_fixed, measure_speedup, structural_copy
+
+    target = costs.target
+    methods = {name: method for name, (method, _) in eligibility.items()}
+    table = costs.table(sites, methods, round_to=round_to)
+    overhead = _call_overhead_ms(target)
+    cost = _time_cost(table, sites, overhead)
+    eligible = [s for s in sites if methods.get(s.name)]
+    dense_sum = math.fsum(cost(s, methods[s.name], None) for s in eligible)
+    with tempfile.TemporaryDirectory(prefix="tdexport-latency-") as tmp:
+        say(f"timing the original model on {target} …")
+        original_onnx = export_fixed(model, Path(tmp), "original", input_shape, target.batch)
+        # Timed like the layers (same timer and statistic), so the fixed cost below is consistent with them.
+        original_ms = time_graphs({"original": original_onnx.read_bytes()}, target)["original"]
+        # Time outside the eligible layers (stem, classifier, pooling, activations) is a fixed cost. Standalone
+        # layer timings can still add up to more than the fused whole model; the fixed cost is then 0 and the
+        # end-to-end correction below absorbs the difference.
+        fixed = max(original_ms - dense_sum, 0.0)
+        goal, k = rule.value, rule.value
+        steps: list[dict[str, Any]] = []
+        best: tuple[float, Any, dict[str, str], Any] | None = None
+        for _ in range(_MAX_STEPS):
+            try:
+                choice = choose_ranks(model, sites, RankRule("latency", k, text=rule.text), eligibility, spectra,
+                                      round_to=round_to, cost=cost, fixed_cost=fixed)
+            except BudgetUnreachable as err:
+                if err.best >= k or (steps and steps[-1]["allocated_for"] >= err.best * 0.999):
+                    break
+                # The prediction says K' is out of reach; the fastest allocation is still worth measuring,
+                # since the measurement, not the layer model, decides.
+                k = err.best * 0.999
+                choice = choose_ranks(model, sites, RankRule("latency", k, text=rule.text), eligibility, spectra,
+                                      round_to=round_to, cost=cost, fixed_cost=fixed)
+            kept = keep(choice)
+            structure = {name: (methods[name], tuple(choice.ranks(name)))
+                         for name in methods if choice.ranks(name) is not None and name not in kept}
+            say(f"step {len(steps) + 1}: allocation for {k:.2f}× (predicted {choice.allocation.reduction:.2f}×), "
+                "measuring the whole model …")
+            speed = measure_speedup(original_onnx, structural_copy(model, structure), input_shape=input_shape,
+                                    backend=target.backend, batch=target.batch, threads=target.threads)
+            steps.append({"allocated_for": k, "predicted": choice.allocation.reduction, "measured": speed.speedup,
+                          "compressed_ms": speed.compressed_ms})
+            off = abs(speed.speedup / goal - 1)
+            if best is None or off < best[0]:
+                best = (off, choice, kept, speed)
+            if off <= TOLERANCE:
+                break
+            new_k = k * goal / speed.speedup
+            if abs(new_k - k) < 1e-3 * k:
+                break
+            k = new_k
+    if best is None:
+        raise ValueError("no allocation step ran")
+    _, choice, kept, speed = best
+    if speed.speedup < goal * (1 - TOLERANCE):
+        raise unreachable(rule, speed.speedup, target)
+    record = {"measured": speed.speedup, "original_ms": speed.original_ms,
+              "original_layer_timer_ms": original_ms, "call_overhead_ms": overhead, "fixed_ms": fixed,
+              "compressed_ms": speed.compressed_ms,
+              "target_backend": target.backend, "target_batch": target.batch, "steps": steps}
+    return choice, kept, record
+
+
+def unreachable(rule: RankRule, best: float, target: Target) -> UsageError:
+    """The error for a latency target no allocation reached, with the best measured speedup."""
+    return BudgetUnreachable(f"{rule.text} was not reached on {target}: the best measured speedup was {best:.2f}× "
+                             f"(try a smaller K, or a larger batch in --target)", best)
