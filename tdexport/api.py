@@ -46,12 +46,13 @@ def compress(
     Args:
         model: a zoo name (``"resnet50"``) or a dense module (then ``input_shape`` is required).
         format: ``tucker`` (``tucker2``/``tk``), ``cp`` or ``svd``.
-        rank: rank rule, e.g. ``vbmf``, ``vbmf:0.8``, ``energy:0.9``, ``ratio:0.5``, ``64``, ``plan:FILE``.
+        rank: rank rule, e.g. ``vbmf``, ``vbmf:0.8``, ``energy:0.9``, ``ratio:0.5``, ``64``, ``plan:FILE``,
+            ``macs:3x``, ``params:0.33``, ``latency:2x`` (needs ``target``).
         weights: for a zoo name: ``default`` (published), ``random``/None, or a checkpoint path.
         num_classes: classifier width of a zoo model (default: the model's own).
         input_shape: (C, H, W); defaults to the zoo model's input resolution.
         model_name: name recorded in the plan for a module (default ``custom``).
-        **options: passed to `tdexport.planner.compress` (round_to, layers, exclude, include_stem,
+        **options: passed to `tdexport.planner.compress` (target, cost_cache, round_to, layers, exclude, include_stem,
             include_classifier, iters, cp_iters, progress).
 
     Returns:

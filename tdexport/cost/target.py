@@ -11,11 +11,11 @@ import functools
 import os
 import platform
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable, UsageError
+from ..validate.environment import cpu_model as _cpu_model
+from ..validate.environment import package_version as _version
 
 __all__ = ["TARGET_BACKENDS", "PRECISIONS", "Target", "parse_target", "fingerprint"]
 
@@ -89,23 +89,6 @@ def parse_target(text: str, *, threads: int | None = None) -> Target:
     return Target(backend, batch, threads=threads)
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @functools.lru_cache(maxsize=8)
 def _gpu_name(backend: str) -> str | None:
     """Device the backend's sessions run on (``cuda:I (name)``), or None for CPU backends / no GPU."""
@@ -132,7 +115,7 @@ def _gpu_name(backend: str) -> str | None:
 def _host() -> dict[str, Any]:
     """Facts that cannot change while the process runs (read once: a cache key is computed per graph)."""
     return {"cpu": _cpu_model(), "machine": platform.machine(),
-            "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"), "onnx": _version("onnx"),
+            "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"), "onnx": _version("onnx"),
             "torch": _version("torch"), "tensorrt": _version("tensorrt")}
 
 

@@ -16,10 +16,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment_info"]
+__all__ = ["cpu_model", "environment_info", "package_version"]
 
 
-def _version(*distributions: str) -> str | None:
+def package_version(*distributions: str) -> str | None:
+    """Installed version of the first of ``distributions`` found, or None."""
     for dist in distributions:
         try:
             return metadata.version(dist)
@@ -28,7 +29,8 @@ def _version(*distributions: str) -> str | None:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -85,15 +87,15 @@ def environment_info(*, threads: Mapping[str, Any] | None = None,
     except ImportError:
         available = []
     return {
-        "python": platform.python_version(),
+        "python": platform.pythonpackage_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch": _version("torch"),
-        "torchvision": _version("torchvision"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
-        "tensorrt": _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+        "torch": package_version("torch"),
+        "torchvision": package_version("torchvision"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime-gpu", "onnxruntime"),
+        "tensorrt": package_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
         "threads": dict(threads) if threads is not None else None,
         "backends": used,
         "device": ", ".join(devices) if devices else None,
