@@ -411,3 +411,10 @@ def test_report_from_a_real_compression(tmp_path):
     paths = R.write_report(report, tmp_path, plan=result.plan)
     assert paths["plot_layers"].read_bytes()[:8] == PNG
     assert decomposed[0]["name"] in paths["markdown"].read_text()
+
+
+def test_a_compressed_model_slower_than_the_original_is_a_warning():
+    report = make_report(speedups=(0.96, 2.5))
+    slower = [w for w in report["warnings"] if "SLOWER" in w]
+    assert len(slower) == 1 and "batch 1" in slower[0] and "0.96x" in slower[0] and "--target" in slower[0]
+    assert not any("SLOWER" in w for w in make_report(speedups=(1.0, 2.5))["warnings"])

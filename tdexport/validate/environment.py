@@ -87,7 +87,7 @@ def environment_info(*, threads: Mapping[str, Any] | None = None,
     except ImportError:
         available = []
     return {
-        "python": platform.pythonpackage_version(),
+        "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

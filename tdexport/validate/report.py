@@ -281,6 +281,11 @@ def _latency_warnings(latency: Mapping[str, Mapping[str, Any]], mac_reduction: f
             speedup, ratio = block["speedup"], block["p50_ratio"]
             if speedup is None or not math.isfinite(speedup):
                 continue
+            if speedup < 1:
+                notes.append(
+                    f"{backend} batch {batch}: the compressed model is SLOWER than the original ({speedup:.2f}x); "
+                    f"compress with --target {backend}:{batch} to keep layers whose factor chain does not pay "
+                    f"there dense, and gate with --min-speedup 1")
             if mac_reduction and speedup / mac_reduction < SLOW_SPEEDUP_FRACTION:
                 notes.append(
                     f"{backend} batch {batch}: measured speedup {speedup:.2f}x is only "
