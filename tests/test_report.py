@@ -179,7 +179,8 @@ def test_write_report_json_has_every_key_with_its_type(tmp_path):
     assert conv == {"name": "block.conv", "type": "Conv2d", "shape": [64, 64, 3, 3], "decision": "decomposed",
                     "method": "tucker2", "ranks": [16, 16], "params_before": 36_928, "params_after": 4_416,
                     "macs_before": 37_748_736, "macs_after": 4_456_448, "rel_error": 0.41,
-                    "reason": "rank rule ratio:0.25"}
+                    "reason": "rank rule ratio:0.25", "dense_ms": None, "chain_ms": None}
+    assert data["target"] is None  # the plan was made without a target
 
     for key in ("plot_layers", "plot_latency"):
         assert paths[key].read_bytes()[:8] == PNG and paths[key].stat().st_size > 5000
@@ -418,3 +419,24 @@ def test_a_compressed_model_slower_than_the_original_is_a_warning():
     slower = [w for w in report["warnings"] if "SLOWER" in w]
     assert len(slower) == 1 and "batch 1" in slower[0] and "0.96x" in slower[0] and "--target" in slower[0]
     assert not any("SLOWER" in w for w in make_report(speedups=(1.0, 2.5))["warnings"])
+
+
+def test_target_block_and_layer_times_in_the_report(tmp_path):
+    plan = tiny_plan().to_dict()
+    plan["options"]["target"] = {"backend": "ort-cpu", "batch": 32, "precision": "fp32", "threads": None}
+    times = {"conv1": None, "block.conv": (0.50, 0.20), "block.proj": (0.10, 0.12), "fc": None}
+    for entry in plan["layers"]:
+        if times[entry["name"]]:
+            entry["dense_ms"], entry["chain_ms"] = times[entry["name"]]
+    plan["layers"][2]["decision"] = "kept"  # its chain was slower
+    report = R.build_report(plan=plan, latency={"ort-cpu": {32: paired(32, 4.0, 2.5)}}, environment={})
+    target = report["target"]
+    assert (target["backend"], target["batch"], target["layers_timed"]) == ("ort-cpu", 32, 2)
+    assert target["dense_ms"] == pytest.approx(0.60) and target["planned_ms"] == pytest.approx(0.30)
+    assert target["saved_ms"] == pytest.approx(0.30)
+    assert target["measured_speedup"] == report["latency"]["ort-cpu"]["32"]["speedup"]
+    assert target["predicted_speedup"] is None  # only latency: rules predict a whole-model speedup
+    paths = R.write_report(report, tmp_path, plan=plan)
+    md = paths["markdown"].read_text()
+    assert "## Target" in md and "0.500→0.200" in md
+    assert paths["plot_layers"].read_bytes()[:8] == PNG

@@ -224,16 +224,47 @@ def render_markdown(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any
         out += _latency_section(report)
 
     out += _environment_section(report.get("environment") or {})
+    out += _target_section(report.get("target"))
 
     out += ["## Layers", ""]
     if layers:
+        timed = any(e.get("dense_ms") is not None for e in layers)
         rows = [[e["name"], e["type"], "x".join(map(str, e["shape"] or [])), e["decision"], e["method"] or "-",
                  ",".join(map(str, e["ranks"] or [])) or "-",
                  _before_after(e["params_before"], e["params_after"]), _before_after(e["macs_before"], e["macs_after"]),
                  _num(e["rel_error"], ".4f"),
-                 e["reason"]] for e in layers]
+                 *([_times(e)] if timed else []), e["reason"]] for e in layers]
         out += _md_table(("layer", "type", "shape", "decision", "method", "ranks", "params", "MACs", "rel. error",
-                          "reason"), rows)
+                          *(["ms dense→chain"] if timed else []), "reason"), rows)
     else:
         out += ["No per-layer plan.", ""]
     return "\n".join(out)
+
+
+def _times(e: Mapping[str, Any]) -> str:
+    if e.get("dense_ms") is None or e.get("chain_ms") is None:
+        return "-"
+    return f"{e['dense_ms']:.3f}→{e['chain_ms']:.3f}"
+
+
+def _target_section(target: Mapping[str, Any] | None) -> list[str]:
+    """What the plan's target measurements expected, beside what validate measured."""
+    if not target:
+        return []
+    where = f"{target['backend']} at batch {target['batch']}"
+    out = ["## Target", "",
+           f"Layer decisions were measured on {where}: {target['layers_timed']} layers timed standalone, "
+           f"{_num(target['dense_ms'], '.3f')} ms dense → {_num(target['planned_ms'], '.3f')} ms as planned "
+           f"({_num(target['saved_ms'], '.3f')} ms saved per call). Layers whose factor chain was not faster stay "
+           "dense (see the reasons below).", ""]
+    rows = []
+    if target.get("predicted_speedup") is not None:
+        rows.append(("predicted by the latency: allocation", f"{target['predicted_speedup']:.2f}x"))
+    if target.get("search_measured_speedup") is not None:
+        rows.append(("measured while planning (random factors, same structure)",
+                     f"{target['search_measured_speedup']:.2f}x"))
+    if target.get("measured_speedup") is not None:
+        rows.append((f"measured by validate on {where}", f"{target['measured_speedup']:.2f}x"))
+    if rows:
+        out += _md_table(("whole-model speedup", "value"), rows)
+    return out

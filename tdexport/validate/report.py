@@ -18,20 +18,18 @@ speedup is.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import atomic_write_bytes
 from .environment import environment_info
+from .files import FILES, layer_rows, write_report
 from .latency import SPEEDUP_METHOD_TEXT, p50_ratio
 from .markdown import headline_table, render_markdown
 from .parity import PARITY_KEYS
-from .plots import plot_latency, plot_layers
+from .speed_report import DRIFT_WARN_FRACTION, SLOW_SPEEDUP_FRACTION, latency_warnings, target_block
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -51,18 +49,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
-# Below this fraction of the MAC reduction, the measured speedup earns a warning: the factorized layers'
-# extra kernels and memory traffic are eating most of the arithmetic saved.
-SLOW_SPEEDUP_FRACTION = 0.5
-# When the ratio of the p50s and the paired speedup differ by more than this fraction, latency drifted
-# during the run; the warning says which of the two numbers to trust, so they are not read as a contradiction.
-DRIFT_WARN_FRACTION = 0.2
-FILES = {"json": "report.json", "markdown": "report.md", "plot_layers": "plot_layers.png",
-         "plot_latency": "plot_latency.png"}
 _SIDES = ("original", "compressed")
-_LAYER_KEYS = ("name", "type", "shape", "decision", "method", "ranks", "params_before", "params_after",
-               "macs_before", "macs_after", "rel_error", "reason")
-
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -200,17 +187,6 @@ def parity_reference(parity: Mapping[str, Mapping[str, Any]] | None, inputs: str
             f"similarity, top1_agreement the fraction of samples with the same argmax")
 
 
-def _layer_rows(plan: Plan | Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    if plan is None:
-        return []
-    layers = plan["layers"] if isinstance(plan, Mapping) else plan.layers
-    rows = []
-    for entry in layers:
-        data = entry if isinstance(entry, Mapping) else dataclasses.asdict(entry)
-        rows.append({key: data.get(key) for key in _LAYER_KEYS})
-    return rows
-
-
 # --------------------------------------------------------------------------------------------- headline
 
 
@@ -274,33 +250,6 @@ def headline_values(*, accuracy: Mapping[str, Mapping[str, Any]] | None = None,
 # --------------------------------------------------------------------------------------------- report
 
 
-def _latency_warnings(latency: Mapping[str, Mapping[str, Any]], mac_reduction: float | None) -> list[str]:
-    notes = []
-    for backend, per_batch in latency.items():
-        for batch, block in per_batch.items():
-            speedup, ratio = block["speedup"], block["p50_ratio"]
-            if speedup is None or not math.isfinite(speedup):
-                continue
-            if speedup < 1:
-                notes.append(
-                    f"{backend} batch {batch}: the compressed model is SLOWER than the original ({speedup:.2f}x); "
-                    f"compress with --target {backend}:{batch} to keep layers whose factor chain does not pay "
-                    f"there dense, and gate with --min-speedup 1")
-            if mac_reduction and speedup / mac_reduction < SLOW_SPEEDUP_FRACTION:
-                notes.append(
-                    f"{backend} batch {batch}: measured speedup {speedup:.2f}x is only "
-                    f"{speedup / mac_reduction:.0%} of the {mac_reduction:.2f}x MAC reduction (below "
-                    f"{SLOW_SPEEDUP_FRACTION:.0%}): the extra kernels of the factorized layers cost more "
-                    f"than the arithmetic saves on this backend")
-            if ratio is not None and math.isfinite(ratio) and speedup > 0 and \
-                    abs(ratio / speedup - 1) > DRIFT_WARN_FRACTION:
-                notes.append(
-                    f"{backend} batch {batch}: the ratio of the p50s ({ratio:.2f}x) differs from the paired "
-                    f"speedup ({speedup:.2f}x) by more than {DRIFT_WARN_FRACTION:.0%}: latency drifted during the "
-                    f"run; the paired speedup cancels drift and is what the min_speedup gate uses")
-    return notes
-
-
 def build_report(
     *,
     plan: Plan | Mapping[str, Any] | None = None,
@@ -358,7 +307,9 @@ def build_report(
         speedup_method, order, round_size, warmup_calls}}}``), ``speedup_definition`` (the sentence saying
         what ``speedup`` is and that the gate uses it), ``headline`` (see `headline_values`), ``warnings``
         (list of str), ``gates`` (``{name: {limit, value, passed}}``), ``gates_passed`` (bool, or None
-        without gates), ``units`` and ``layers`` (the per-layer table). Non-finite floats become None.
+        without gates), ``units``, ``layers`` (the per-layer table, with ``dense_ms`` / ``chain_ms`` measured on
+        the plan's target) and ``target`` (`tdexport.validate.speed_report.target_block`; None when the plan
+        had no target). Non-finite floats become None.
 
     Raises:
         ValueError: ``parity`` has a ``torch`` entry (it is the reference) or a backend entry with keys
@@ -386,7 +337,7 @@ def build_report(
     latency_out = _latency_blocks(latency)
     gates_out = {name: _as_dict(gate) for name, gate in (gates or {}).items()}
 
-    notes = list(warnings) + _latency_warnings(latency_out, mac_reduction)
+    notes = list(warnings) + latency_warnings(latency_out, mac_reduction)
     for backend, block in (accuracy or {}).items():
         n_orig = _as_dict(block["original"]).get("samples")
         n_comp = _as_dict(block["compressed"]).get("samples")
@@ -419,46 +370,7 @@ def build_report(
         "units": {"latency": "ms per batch", "throughput": "images/s", "accuracy": "percent",
                   "top1_drop": "percentage points", "macs": "multiply-accumulates per image",
                   "speedup": "x (original / compressed)"},
-        "layers": _layer_rows(plan_data),
+        "layers": layer_rows(plan_data),
+        "target": target_block(plan_data, layer_rows(plan_data), latency_out),
     }
     return _clean(report)
-
-
-# --------------------------------------------------------------------------------------------- writing
-
-
-def write_report(report: Mapping[str, Any], out_dir: str | Path, *,
-                 plan: Plan | Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json, report.md, plot_layers.png and plot_latency.png into ``out_dir``.
-
-    All four are rendered in memory before anything is written; each file is then written under a
-    temporary name and renamed into place, so a failure leaves no partial or temporary file behind and
-    an existing report is only ever replaced whole.
-
-    Args:
-        report: a dict from `build_report`.
-        out_dir: the run folder (created if missing).
-        plan: when given, the per-layer table and plot come from it instead of ``report["layers"]``.
-
-    Returns:
-        ``{"json", "markdown", "plot_layers", "plot_latency"}`` → paths written.
-
-    Raises:
-        TypeError: a value in ``report`` cannot be serialised to JSON (nothing is written).
-        ValueError: a NaN or infinity in ``report`` (JSON has none; nothing is written).
-    """
-    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    layers = _layer_rows(plan) if plan is not None else list(report.get("layers") or [])
-    contents = {
-        "json": text.encode(),
-        "markdown": (render_markdown(report, layers) + "\n").encode(),
-        "plot_layers": plot_layers(layers),
-        "plot_latency": plot_latency(report.get("latency")),
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for key, data in contents.items():
-        paths[key] = out / FILES[key]
-        atomic_write_bytes(paths[key], data)
-    return paths
