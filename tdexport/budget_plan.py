@@ -40,11 +40,13 @@ from .ranks import RankRule
 if TYPE_CHECKING:
     from .planner import LayerSite
 
-__all__ = ["CostFn", "rank_grid", "chain_params_macs", "metric_cost", "layer_options", "BudgetChoice",
+__all__ = ["AllowFn", "CostFn", "rank_grid", "chain_params_macs", "metric_cost", "layer_options", "BudgetChoice",
            "choose_ranks"]
 
 CostFn = Callable[["LayerSite", str, "tuple[int, ...] | None"], float]
 """cost(site, method, ranks) of a layer realised at ``ranks`` (None: dense), summed over its calls."""
+AllowFn = Callable[["LayerSite", str, "tuple[int, ...]"], bool]
+"""allowed(site, method, ranks): whether a rank option may be offered at all."""
 
 _UNITS = {"params": "parameters", "macs": "MACs", "latency": "latency"}
 _UNIT = {"params": "parameter", "macs": "MAC", "latency": "unit of latency"}
@@ -110,7 +112,7 @@ def _discarded(values: torch.Tensor) -> list[float]:
 
 
 def layer_options(site: LayerSite, method: str, spectra: _SpectraLike, *, cost: CostFn,
-                  round_to: int | None = None) -> list[Option]:
+                  round_to: int | None = None, allowed: AllowFn | None = None) -> list[Option]:
     """The dense option and every grid rank that cuts both parameters and MACs, with its cost and error.
 
     Args:
@@ -119,6 +121,8 @@ def layer_options(site: LayerSite, method: str, spectra: _SpectraLike, *, cost: 
         spectra: its weight's spectra (``mode(0)``, ``mode(1)`` for Tucker-2 / TT; ``matrix()`` for SVD).
         cost: ``cost(site, method, ranks)``; ranks None is the dense layer.
         round_to: candidate ranks are multiples of this (and the full size).
+        allowed: ``allowed(site, method, ranks)``; ranks it rejects are not offered (e.g. ranks whose factor
+            chain is not faster than the dense layer on the target).
 
     Returns:
         Options, the dense one (ranks None, error 0) first; errors are −ln(1 − e) ≥ 0 of the relative squared
@@ -137,7 +141,7 @@ def layer_options(site: LayerSite, method: str, spectra: _SpectraLike, *, cost: 
         raise UsageError(f"{site.name}: budget rules support tucker, tt and svd formats, not {method}")
     for ranks, error in candidates:
         params, macs = chain_params_macs(site, method, ranks)
-        if params < dense_params and macs < dense_macs:
+        if params < dense_params and macs < dense_macs and (allowed is None or allowed(site, method, ranks)):
             options.append(Option(cost(site, method, ranks), -math.log(max(1e-12, 1.0 - error)), ranks))
     return options
 
@@ -190,7 +194,7 @@ class BudgetChoice:
 def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
                  eligibility: Mapping[str, tuple[str | None, str]], spectra: Callable[[LayerSite], _SpectraLike], *,
                  round_to: int | None = None, cost: CostFn | None = None,
-                 fixed_cost: float | None = None) -> BudgetChoice:
+                 fixed_cost: float | None = None, allowed: AllowFn | None = None) -> BudgetChoice:
     """Allocate a budget rule's whole-model reduction across the eligible layers.
 
     Args:
@@ -204,6 +208,7 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
         fixed_cost: cost of everything outside the eligible layers; default for params: every model
             parameter not in an eligible layer, for MACs: the MACs of the non-eligible Conv2d / Linear sites.
             Required with a custom ``cost``.
+        allowed: option filter passed to `layer_options`.
 
     Returns:
         `BudgetChoice`; the model's cost at its ranks is at most total / K.
@@ -225,7 +230,8 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
     cost = cost or metric_cost(rule.kind)
     eligible = [s for s in sites if eligibility[s.name][0]]
     spectra_of = {s.name: spectra(s) for s in eligible}
-    table = {s.name: layer_options(s, eligibility[s.name][0], spectra_of[s.name], cost=cost, round_to=round_to)
+    table = {s.name: layer_options(s, eligibility[s.name][0], spectra_of[s.name], cost=cost, round_to=round_to,
+                                  allowed=allowed)
              for s in eligible}
     kept = [s for s in sites if not eligibility[s.name][0]]
     if fixed_cost is None:

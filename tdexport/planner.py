@@ -39,7 +39,7 @@ from .selection import check_globs as _check_globs
 from .selection import check_replay_names as _check_replay_names
 from .selection import eligibility as _eligibility
 from .selection import ends as _ends
-from .speed_plan import TargetCosts, as_target, latency_choice
+from .speed_plan import TargetCosts, as_target, budget_on_target, latency_choice, slow_layers
 
 __all__ = ["LayerSite", "profile_layers", "compress", "survey"]
 
@@ -292,9 +292,9 @@ def compress(
                              "params: and macs: budgets need no target")
         budget, _, latency = latency_choice(
             model, sites, rule, eligibility, spectra_of, costs, input_shape=input_shape, round_to=round_to,
-            keep=lambda choice: _slow_layers(costs, sites, eligibility, choice), say=say or (lambda _m: None))
+            keep=lambda choice: slow_layers(costs, sites, eligibility, choice), say=say or (lambda _m: None))
     elif rule.is_budget:
-        budget = budget_plan.choose_ranks(model, sites, rule, eligibility, spectra_of, round_to=round_to)
+        budget, eligibility = budget_on_target(model, sites, rule, eligibility, spectra_of, costs, round_to)
     kept: dict[str, LayerPlan] = {}
     chosen: dict[str, tuple[LayerSite, str, list[int], str]] = {}
     for site in sites:
@@ -303,6 +303,9 @@ def compress(
             kept[site.name] = decision
         else:
             chosen[site.name] = decision
+    for name, entry in kept.items():
+        if costs is not None and name in costs.timings:
+            entry.dense_ms, entry.chain_ms = costs.timings[name]
     if costs is not None and chosen:
         times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _) in chosen.items()})
         for name, (dense, chain) in times.items():
@@ -380,15 +383,6 @@ def _decide(site: LayerSite, eligible: tuple[str | None, str], rule: RankRule, r
     if not (after[0] < before[0] and after[1] < before[1]):
         return _kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks)
     return site, method, ranks, reason
-
-
-def _slow_layers(costs: TargetCosts, sites: Sequence[LayerSite], eligibility: dict[str, tuple[str | None, str]],
-                 choice: budget_plan.BudgetChoice) -> dict[str, str]:
-    """Layers of an allocation whose measured chain is not faster than the dense layer (name → reason)."""
-    pending = {s.name: (s, eligibility[s.name][0], choice.ranks(s.name)) for s in sites
-               if choice.ranks(s.name) is not None}
-    times = costs.verdicts(pending)
-    return {name: costs.reason(name) for name, (dense, chain) in times.items() if chain >= dense}
 
 
 def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[int] = (3, 224, 224),

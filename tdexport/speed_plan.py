@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .budget_plan import BudgetChoice
     from .planner import LayerSite
 
-__all__ = ["TOLERANCE", "TargetCosts", "as_target", "latency_choice"]
+__all__ = ["TOLERANCE", "TargetCosts", "as_target", "budget_on_target", "latency_choice", "slow_layers"]
 
 TOLERANCE = 0.10
 """A ``latency:Kx`` allocation is accepted once its measured speedup is within this fraction of K."""
@@ -86,6 +86,46 @@ class TargetCosts:
         """Profile every eligible layer on the rank grid (dense and chain times, interpolated in between)."""
         specs = [(s.name, s.module, s.in_hw, s.tokens, methods[s.name]) for s in sites if methods.get(s.name)]
         return profile_costs(specs, self.target, cache=self.cache, round_to=round_to, progress=self.progress)
+
+
+def budget_on_target(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
+                      eligibility: dict[str, tuple[str | None, str]], spectra_of: Callable[[LayerSite], Any],
+                      costs: TargetCosts | None, round_to: int | None
+                      ) -> tuple[BudgetChoice, dict[str, tuple[str | None, str]]]:
+    """Allocate a params: / macs: budget; with a target, only over ranks whose chain is faster there.
+
+    Options are filtered by the interpolated cost table; a layer whose exact ranks then measure slower is made
+    ineligible (with the measured reason) and the budget re-allocated over the others, at most three rounds.
+
+    Returns:
+        (the allocation, the eligibility it was made with).
+    """
+    from .budget_plan import choose_ranks
+
+    allowed = None
+    if costs is not None:
+        table = costs.table(sites, {n: e[0] for n, e in eligibility.items()}, round_to=round_to)
+
+        def allowed(site: LayerSite, _method: str, ranks: tuple[int, ...]) -> bool:
+            return table.chain_ms(site.name, ranks) < table.dense_ms(site.name)
+
+    for _ in range(3):
+        choice = choose_ranks(model, sites, rule, eligibility, spectra_of, round_to=round_to,
+                                          allowed=allowed)
+        slow = slow_layers(costs, sites, eligibility, choice) if costs is not None else {}
+        if not slow:
+            break
+        eligibility = {**eligibility, **{name: (None, why) for name, why in slow.items()}}
+    return choice, eligibility
+
+
+def slow_layers(costs: TargetCosts, sites: Sequence[LayerSite], eligibility: dict[str, tuple[str | None, str]],
+                 choice: BudgetChoice) -> dict[str, str]:
+    """Layers of an allocation whose measured chain is not faster than the dense layer (name → reason)."""
+    pending = {s.name: (s, eligibility[s.name][0], choice.ranks(s.name)) for s in sites
+               if choice.ranks(s.name) is not None}
+    times = costs.verdicts(pending)
+    return {name: costs.reason(name) for name, (dense, chain) in times.items() if chain >= dense}
 
 
 def _call_overhead_ms(target: Target) -> float:

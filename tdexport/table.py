@@ -20,8 +20,13 @@ def _ratio(before: float, after: float) -> str:
 
 
 def plan_table(plan: Plan, *, show_kept: bool = True) -> str:
-    """Per-layer table: name, type, shape, method, ranks, params and MACs before → after, error, reason."""
-    rows = [("layer", "type", "shape", "method", "ranks", "params", "MACs", "rel.err", "decision")]
+    """Per-layer table: name, type, shape, method, ranks, params and MACs before → after, error, reason.
+
+    A plan measured on a target adds a column of dense → chain time per call (ms) on it.
+    """
+    timed = any(e.dense_ms is not None for e in plan.layers)
+    rows = [("layer", "type", "shape", "method", "ranks", "params", "MACs", "rel.err",
+             *(["ms dense→chain"] if timed else []), "decision")]
     for e in plan.layers:
         if e.decision != "decomposed" and not show_kept:
             continue
@@ -35,6 +40,8 @@ def plan_table(plan: Plan, *, show_kept: bool = True) -> str:
             f"{human(e.params_before)}→{human(e.params_after)}" if changed else human(e.params_before),
             f"{human(e.macs_before)}→{human(e.macs_after)}" if changed else human(e.macs_before),
             f"{e.rel_error:.4f}" if e.rel_error is not None else "-",
+            *([f"{e.dense_ms:.3f}→{e.chain_ms:.3f}" if e.dense_ms is not None and e.chain_ms is not None else "-"]
+              if timed else []),
             "decomposed" if changed else f"kept: {e.reason}",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -44,13 +51,24 @@ def plan_table(plan: Plan, *, show_kept: bool = True) -> str:
 
 
 def totals_line(plan: Plan) -> str:
-    """One-line totals: parameters and MACs before → after with their reduction factors."""
+    """One-line totals: parameters and MACs before → after with their reduction factors.
+
+    A budget rule adds its target and predicted / achieved (for ``latency:``, measured) reduction.
+    """
     t = plan.totals
     n = sum(e.decision == "decomposed" for e in plan.layers)
+    b = plan.budget
+    budget = ""
+    if b:
+        achieved = f"{b['achieved']:.2f}x" if b.get("achieved") else "-"
+        what = "measured speedup" if b["metric"] == "latency" else f"{b['metric']} reduction"
+        budget = (f"; budget {b['rule']}: {what} {achieved} (predicted {b['predicted']:.2f}x)"
+                  + (f" on {b['target_backend']} b{b['target_batch']}" if b.get("target_backend") else ""))
     return (
         f"{plan.model} {plan.format} [{plan.rank_rule or 'dense'}]: {n}/{len(plan.layers)} layers decomposed; "
         f"params {human(t['params_before'])} → {human(t['params_after'])} "
         f"({_ratio(t['params_before'], t['params_after'])} smaller); "
         f"MACs {human(t['macs_before'])} → {human(t['macs_after'])} "
         f"({_ratio(t['macs_before'], t['macs_after'])} fewer) at input {'×'.join(map(str, plan.input_shape))}"
+        + budget
     )
