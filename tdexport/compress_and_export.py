@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ._io import atomic_write, check_out_dir, publish_dir
 from .artifacts import dense_artifact, logit_width, resolve
 from .errors import UsageError
 
-__all__ = ["RUN_FILE", "compress_and_export", "partial_dir"]
+__all__ = ["RUN_FILE", "compress_and_export", "default_target", "partial_dir"]
 
 RUN_FILE = "run.json"
 
@@ -47,6 +48,22 @@ def _read_run(stage: Path) -> dict[str, Any]:
     return state
 
 
+def default_target(backends: Sequence[str] | None, batch_sizes: Sequence[int] | None) -> Any:
+    """The target compress-and-export measures layer decisions on: its first backend at the largest latency batch.
+
+    Args:
+        backends: the ``--backend`` list (None: ``ort-cpu``).
+        batch_sizes: the ``--batch-sizes`` list (None: the default 1, 32).
+
+    Returns:
+        A `tdexport.cost.Target`, or None when the first backend is ``torch`` (costs are timed on ONNX runtimes).
+    """
+    from .cost import TARGET_BACKENDS, Target
+
+    first = (list(backends) or ["ort-cpu"])[0] if backends else "ort-cpu"
+    return Target(first, max(batch_sizes or (1, 32))) if first in TARGET_BACKENDS else None
+
+
 def compress_and_export(
     model: str,
     out: str | Path,
@@ -58,6 +75,7 @@ def compress_and_export(
     data: str | None = None,
     finetune_cfg: Any = None,
     compress_options: dict | None = None,
+    target: Any = "default",
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -83,6 +101,9 @@ def compress_and_export(
         data: data spec for fine-tuning and accuracy.
         finetune_cfg: a `tdexport.train.TrainConfig` to fine-tune with (None: no fine-tuning).
         compress_options: passed to `tdexport.planner.compress`.
+        target: ``BACKEND[:BATCH]`` or a `tdexport.cost.Target` that layer decisions are measured on (see
+            `tdexport.planner.compress`); ``"default"``: the first backend at the largest latency batch (no
+            target when that backend is torch); None: no measurement. ``compress_options["target"]`` wins.
         overwrite: replace an existing non-empty ``out`` whole (and discard a stale ``OUT.partial``).
         resume: continue the failed run kept in ``OUT.partial``; compression settings then come from its plan.
         progress: progress output.
@@ -98,6 +119,12 @@ def compress_and_export(
     """
     from . import planner
     from .zoo import create_model, model_info
+
+    compress_options = dict(compress_options or {})
+    if "target" not in compress_options:
+        if target == "default":
+            target = default_target(validate_options.get("backends"), validate_options.get("batch_sizes"))
+        compress_options["target"] = target
 
     out = Path(out)
     stage = partial_dir(out)

@@ -11,7 +11,7 @@ from torch import nn
 from tdexport import planner
 from tdexport.budget import BudgetUnreachable
 from tdexport.cli import main
-from tdexport.cli.deploy_cmds import default_target
+from tdexport.compress_and_export import default_target
 from tdexport.cost import CostCache, Target
 from tdexport.errors import UsageError
 from tdexport.plan import Plan
@@ -89,6 +89,7 @@ def test_compress_and_export_defaults_its_target():
     assert default_target(["ort-cpu", "torch"], None) == Target("ort-cpu", 32)
     assert default_target(["ort-cpu"], [1, 8]) == Target("ort-cpu", 8)
     assert default_target(["torch", "ort-cpu"], [1]) is None
+    assert default_target(None, None) == Target("ort-cpu", 32)
 
 
 @pytest.mark.slow

@@ -139,8 +139,9 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
     selection = selection_kwargs(kw)
     opts = validate_kwargs(kw)
     if selection["target"] is None:
-        selection["target"] = default_target(opts["backends"], opts["batch_sizes"])
-    selection["target"] = selection["target"] or None
+        del selection["target"]  # the flow's default: first backend at the largest batch
+    else:
+        selection["target"] = selection["target"] or None
     if not quiet:
         selection["say"] = click.echo
     out = out or Path("runs") / f"{model}-{normalise_format(fmt)}"
@@ -155,14 +156,3 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
              compress_options=selection, overwrite=overwrite, resume=resume, progress=not quiet, **opts)
     click.echo(f"run folder: {out}  (report: {out / 'report.md'})")
 
-
-def default_target(backends: list[str], batch_sizes: list[int] | None):
-    """The default target of compress-and-export: its first backend at the largest latency batch size.
-
-    None when the first backend is ``torch`` (layer costs are timed on ONNX runtimes only).
-    """
-    from ..cost import TARGET_BACKENDS, Target
-
-    if backends[0] not in TARGET_BACKENDS:
-        return None
-    return Target(backends[0], max(batch_sizes or (1, 32)))
