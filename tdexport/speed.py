@@ -43,7 +43,8 @@ class ModelSpeed:
                 "batch": self.batch, "backend": self.backend}
 
 
-def _export(model: nn.Module, folder: Path, name: str, input_shape: Sequence[int], batch: int) -> Path:
+def export_fixed(model: nn.Module, folder: Path, name: str, input_shape: Sequence[int], batch: int) -> Path:
+    """Export ``model`` with a fixed batch into ``folder/name.onnx`` (for reuse as `measure_speedup`'s original)."""
     from .export.onnx import export_onnx
 
     path = folder / f"{name}.onnx"
@@ -76,18 +77,13 @@ def measure_speedup(original: nn.Module | str | Path, compressed: nn.Module, *, 
 
     with tempfile.TemporaryDirectory(prefix="tdexport-speed-") as tmp:
         folder = Path(tmp)
-        a = Path(original) if isinstance(original, (str, Path)) else _export(original, folder, "original",
+        a = Path(original) if isinstance(original, (str, Path)) else export_fixed(original, folder, "original",
                                                                               input_shape, batch)
-        b = _export(compressed, folder, "compressed", input_shape, batch)
+        b = export_fixed(compressed, folder, "compressed", input_shape, batch)
         x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
         with make_runner(backend, a, threads=threads) as ra, make_runner(backend, b, threads=threads) as rb:
             paired = measure_paired(ra, rb, x, warmup_s=warmup_s, duration_s=duration_s, iterations=iterations)
     return ModelSpeed(float(paired.speedup), paired.original.p50, paired.compressed.p50, batch, backend)
-
-
-def export_fixed(model: nn.Module, folder: Path, name: str, input_shape: Sequence[int], batch: int) -> Path:
-    """Export ``model`` with a fixed batch into ``folder/name.onnx`` (for reuse as `measure_speedup`'s original)."""
-    return _export(model, folder, name, input_shape, batch)
 
 
 def structural_copy(model: nn.Module, ranks: dict[str, tuple[str, Sequence[int]]]) -> nn.Module:
@@ -112,7 +108,10 @@ def structural_copy(model: nn.Module, ranks: dict[str, tuple[str, Sequence[int]]
         seq = L.structure_for(method, target, list(r))
         for p in seq.parameters():
             # Kaiming-like scale keeps activations finite through deep stacks of random chains.
-            nn.init.normal_(p, std=(1.0 / max(1, p[0].numel())) ** 0.5) if p.dim() > 1 else nn.init.zeros_(p)
+            if p.dim() > 1:
+                nn.init.normal_(p, std=(1.0 / p[0].numel()) ** 0.5)
+            else:
+                nn.init.zeros_(p)
         for alias in aliases[id(target)]:
             set_submodule(new, alias, seq)
     return new
