@@ -22,12 +22,14 @@ from .budget import BudgetUnreachable
 from .cost import CostCache, CostTable, Geometry, Target, measure_costs, parse_target, profile_costs, time_graphs
 from .errors import UsageError
 from .ranks import RankRule
+from .speed import ModelSpeed
 
 if TYPE_CHECKING:
     from .budget_plan import BudgetChoice
     from .planner import LayerSite
 
-__all__ = ["TOLERANCE", "TargetCosts", "as_target", "budget_on_target", "latency_choice", "slow_layers"]
+__all__ = ["TOLERANCE", "TargetCosts", "as_target", "budget_on_target", "latency_choice", "model_signature",
+           "slow_layers"]
 
 TOLERANCE = 0.10
 """A ``latency:Kx`` allocation is accepted once its measured speedup is within this fraction of K."""
@@ -86,6 +88,74 @@ class TargetCosts:
         """Profile every eligible layer on the rank grid (dense and chain times, interpolated in between)."""
         specs = [(s.name, s.module, s.in_hw, s.tokens, methods[s.name]) for s in sites if methods.get(s.name)]
         return profile_costs(specs, self.target, cache=self.cache, round_to=round_to, progress=self.progress)
+
+    @property
+    def store(self) -> CostCache:
+        """The cost cache in use (the default `CostCache` when none was given)."""
+        if self.cache is None:
+            self.cache = CostCache()
+        return self.cache
+
+    def call_overhead_ms(self) -> float:
+        """Per-call fixed time of the runtime on the target (`_call_overhead_ms`), ms; cached."""
+        what = {"kind": "call-overhead"}
+        entry = self.store.lookup(self.target, what)
+        if entry is None:
+            entry = {"ms": _call_overhead_ms(self.target)}
+            self.store.record(self.target, what, entry)
+            self.store.flush()
+        return float(entry["ms"])
+
+    def original_ms(self, model: nn.Module, input_shape: Sequence[int], onnx_file: Callable[[], Any]) -> float:
+        """The dense model's time per call (ms) with the layer timer (`time_graphs`); cached by its structure.
+
+        ``onnx_file()`` exports the model (fixed batch) when it must be measured.
+        """
+        what = {"kind": "model", "model": model_signature(model, input_shape)}
+        entry = self.store.lookup(self.target, what)
+        if entry is None:
+            entry = {"ms": time_graphs({"original": onnx_file().read_bytes()}, self.target)["original"]}
+            self.store.record(self.target, what, entry)
+            self.store.flush()
+        return float(entry["ms"])
+
+    def speedup(self, model: nn.Module, structure: Mapping[str, tuple[str, Sequence[int]]],
+                input_shape: Sequence[int], onnx_file: Callable[[], Any]) -> ModelSpeed:
+        """Paired whole-model speedup of ``model`` with ``structure`` factored (`measure_speedup`); cached.
+
+        Speed depends on the structure only (layer shapes, methods, ranks), not on the weights' values, so the
+        key is ``model``'s structure, the input shape and ``structure``; ``onnx_file()`` exports the original.
+        """
+        from .speed import measure_speedup, structural_copy
+
+        what = {"kind": "speedup", "model": model_signature(model, input_shape),
+                "structure": _digest(sorted([n, m, [int(r) for r in rk]] for n, (m, rk) in structure.items()))}
+        entry = self.store.lookup(self.target, what)
+        if entry is None:
+            speed = measure_speedup(onnx_file(), structural_copy(model, dict(structure)), input_shape=input_shape,
+                                    backend=self.target.backend, batch=self.target.batch,
+                                    threads=self.target.threads)
+            entry = {"ms": speed.compressed_ms, "speedup": speed.speedup, "original_ms": speed.original_ms}
+            self.store.record(self.target, what, entry)
+            self.store.flush()
+        return ModelSpeed(float(entry["speedup"]), float(entry["original_ms"]), float(entry["ms"]),
+                          self.target.batch, self.target.backend)
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def model_signature(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """A digest of everything about ``model`` that sets its speed: class, module tree with shapes, input shape.
+
+    Weight values are left out on purpose: dense and factored layers run in the same time whatever their values.
+    """
+    kind = type(model)
+    return _digest([f"{kind.__module__}.{kind.__qualname__}", repr(model), [int(d) for d in input_shape]])
 
 
 def budget_on_target(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
@@ -201,20 +271,27 @@ def latency_choice(
     from pathlib import Path
 
     from .budget_plan import choose_ranks
-    from .speed import export_fixed, measure_speedup, structural_copy
+    from .speed import export_fixed
 
     target = costs.target
     methods = {name: method for name, (method, _) in eligibility.items()}
     table = costs.table(sites, methods, round_to=round_to)
-    overhead = _call_overhead_ms(target)
+    overhead = costs.call_overhead_ms()
     cost = _time_cost(table, sites, overhead)
     eligible = [s for s in sites if methods.get(s.name)]
     dense_sum = math.fsum(cost(s, methods[s.name], None) for s in eligible)
     with tempfile.TemporaryDirectory(prefix="tdexport-latency-") as tmp:
-        say(f"timing the original model on {target} …")
-        original_onnx = export_fixed(model, Path(tmp), "original", input_shape, target.batch)
+        exported: list[Path] = []
+
+        def original_onnx() -> Path:
+            # Exported once, and only when a timing is not in the cache.
+            if not exported:
+                say(f"exporting the original model for {target} …")
+                exported.append(export_fixed(model, Path(tmp), "original", input_shape, target.batch))
+            return exported[0]
+
         # Timed like the layers (same timer and statistic), so the fixed cost below is consistent with them.
-        original_ms = time_graphs({"original": original_onnx.read_bytes()}, target)["original"]
+        original_ms = costs.original_ms(model, input_shape, original_onnx)
         # Time outside the eligible layers (stem, classifier, pooling, activations) is a fixed cost. Standalone
         # layer timings can still add up to more than the fused whole model; the fixed cost is then 0 and the
         # end-to-end correction below absorbs the difference.
@@ -241,8 +318,7 @@ def latency_choice(
                          for name in methods if choice.ranks(name) is not None and name not in kept}
             say(f"step {len(steps) + 1}: allocation for {k:.2f}× (predicted {choice.allocation.reduction:.2f}×), "
                 "measuring the whole model …")
-            speed = measure_speedup(original_onnx, structural_copy(model, structure), input_shape=input_shape,
-                                    backend=target.backend, batch=target.batch, threads=target.threads)
+            speed = costs.speedup(model, structure, input_shape, original_onnx)
             steps.append({"allocated_for": k, "predicted": choice.allocation.reduction, "measured": speed.speedup,
                           "compressed_ms": speed.compressed_ms})
             (below if speed.speedup < goal else above).append(k)

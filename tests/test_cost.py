@@ -162,6 +162,24 @@ def test_fingerprint_and_key_change_with_everything_that_changes_a_timing():
     assert base not in others and len(others) == 6
 
 
+def test_whole_model_entries_round_trip_through_the_file(tmp_path):
+    target = Target("ort-cpu", batch=4)
+    cache = CostCache(tmp_path / "costs.json")
+    what = {"kind": "speedup", "model": "abc", "structure": "def"}
+    assert cache.lookup(target, what) is None
+    cache.record(target, what, {"ms": 2.5, "speedup": 1.5, "original_ms": 3.75})
+    cache.flush()
+    again = CostCache(tmp_path / "costs.json")
+    assert again.lookup(target, what) == {"ms": 2.5, "speedup": 1.5, "original_ms": 3.75, "backend": "ort-cpu",
+                                          "batch": 4, **what}
+    assert again.lookup(Target("ort-cpu", batch=8), what) is None
+    assert again.lookup(target, {**what, "structure": "xyz"}) is None
+    assert again.hits == 1 and cache.measured == 1
+    with pytest.raises(ValueError, match="non-negative 'ms'"):
+        cache.record(target, what, {"speedup": 1.5})
+    assert CostCache(tmp_path / "costs.json", enabled=False).lookup(target, what) is None
+
+
 def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.setenv("TDEXPORT_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_path() == tmp_path / "c" / "costs.json"

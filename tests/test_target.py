@@ -90,7 +90,7 @@ def test_compress_and_export_defaults_its_target():
     assert default_target(None, None) == Target("ort-cpu", 32)
 
 
-def resnet20_on_target(rank: str, tmp_path):
+def resnet20_on_target(rank: str, tmp_path, cache: CostCache | None = None):
     """Compress a random-weight ResNet-20 with ``rank`` on ort-cpu:1: (plan, None) or (None, BudgetUnreachable)."""
     from tdexport.zoo import create_model
 
@@ -98,7 +98,7 @@ def resnet20_on_target(rank: str, tmp_path):
     model = create_model("resnet20", weights="random", num_classes=10)
     try:
         result = planner.compress(model, rank=rank, input_shape=(3, 32, 32), target="ort-cpu:1",
-                                  cost_cache=CostCache(tmp_path / "c.json"))
+                                  cost_cache=cache if cache is not None else CostCache(tmp_path / "c.json"))
     except BudgetUnreachable as err:
         return None, err
     return result.plan, None
@@ -106,11 +106,19 @@ def resnet20_on_target(rank: str, tmp_path):
 
 @pytest.mark.slow
 def test_latency_rule_end_to_end_on_resnet20(tmp_path):
-    plan, err = resnet20_on_target("latency:1.3x", tmp_path)
+    first = CostCache(tmp_path / "c.json")
+    plan, err = resnet20_on_target("latency:1.3x", tmp_path, first)
+    # A second run finds every layer and whole-model timing in the cache and reaches the same verdict.
+    second = CostCache(tmp_path / "c.json")
+    again, err_again = resnet20_on_target("latency:1.3x", tmp_path, second)
+    assert first.measured > 0 and second.measured == 0 and second.hits > 0
     if err is not None:
         # A machine on which no allocation reaches 1.3× must say so with the best measured figure.
         assert 0 < err.best < 1.3 * 0.9 and "best" in str(err)
+        assert err_again is not None and err_again.best == err.best
         return
+    assert again.budget["measured"] == plan.budget["measured"] and again.budget["steps"] == plan.budget["steps"]
+    assert [e.ranks for e in again.layers] == [e.ranks for e in plan.layers]
     budget = plan.budget
     assert budget["rule"] == "latency:1.3x" and budget["metric"] == "latency" and budget["target"] == 1.3
     assert budget["predicted"] > 1 and budget["measured"] > 0 and budget["achieved"] == budget["measured"]

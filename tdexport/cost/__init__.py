@@ -14,7 +14,7 @@ Modules: `target`, `geometry`, `graphs` (ONNX builder), `measure` (timer), `cach
 from __future__ import annotations
 
 from .align import MULTIPLES, auto_round_to
-from .cache import CACHE_ENV, CostCache, cost_key, default_cache_path
+from .cache import CACHE_ENV, CostCache, cost_key, default_cache_path, entry_key
 from .geometry import Geometry
 from .graphs import DENSE, chain_modules, layer_onnx, modules_onnx
 from .measure import time_graphs
@@ -48,6 +48,7 @@ __all__ = [
     "chain_modules",
     "cost_key",
     "default_cache_path",
+    "entry_key",
     "fingerprint",
     "layer_onnx",
     "measure_costs",

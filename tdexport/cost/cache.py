@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from .._io import atomic_write_bytes
 from .geometry import Geometry
 from .target import Target, fingerprint
 
-__all__ = ["CACHE_ENV", "CostCache", "default_cache_path", "cost_key"]
+__all__ = ["CACHE_ENV", "CostCache", "default_cache_path", "cost_key", "entry_key"]
 
 CACHE_ENV = "TDEXPORT_CACHE_DIR"
 _FORMAT = "tdexport-costs"
@@ -43,12 +43,20 @@ def default_cache_path() -> Path:
     return Path(base).expanduser() / "tdexport" / "costs.json"
 
 
-def cost_key(target: Target, geometry: Geometry, method: str, ranks: Sequence[int]) -> str:
-    """Hex sha256 identifying one timing: fingerprint, batch, precision, geometry key, method and ranks."""
-    what = {"fingerprint": fingerprint(target), "batch": target.batch, "precision": target.precision,
-            "geometry": geometry.key, "method": method, "ranks": [int(r) for r in ranks]}
-    text = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def entry_key(target: Target, what: Mapping[str, Any]) -> str:
+    """Hex sha256 of the target's fingerprint, batch and precision plus ``what`` (JSON-ready) identifying a timing."""
+    keyed = {"fingerprint": fingerprint(target), "batch": target.batch, "precision": target.precision, **what}
+    text = json.dumps(keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _layer_what(geometry: Geometry, method: str, ranks: Sequence[int]) -> dict[str, Any]:
+    return {"geometry": geometry.key, "method": method, "ranks": [int(r) for r in ranks]}
+
+
+def cost_key(target: Target, geometry: Geometry, method: str, ranks: Sequence[int]) -> str:
+    """Hex sha256 identifying one layer timing: fingerprint, batch, precision, geometry key, method and ranks."""
+    return entry_key(target, _layer_what(geometry, method, ranks))
 
 
 class CostCache:
@@ -108,22 +116,32 @@ class CostCache:
 
     def get(self, target: Target, geometry: Geometry, method: str, ranks: Sequence[int]) -> float | None:
         """Cached ms per call of ``method`` at ``ranks`` on ``geometry`` and ``target``; None if absent or disabled."""
-        if not self.enabled:
-            return None
-        entry = self._loaded().get(cost_key(target, geometry, method, ranks))
-        if entry is None:
-            return None
-        self.hits += 1
-        return float(entry["ms"])
+        entry = self.lookup(target, _layer_what(geometry, method, ranks))
+        return None if entry is None else float(entry["ms"])
 
     def put(self, target: Target, geometry: Geometry, method: str, ranks: Sequence[int], ms: float) -> None:
         """Record one fresh measurement (ms per call); counts in `measured`; written on `flush`."""
+        self.record(target, _layer_what(geometry, method, ranks), {"ms": float(ms)})
+
+    def lookup(self, target: Target, what: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cached entry for ``what`` on ``target`` (any timing, e.g. a whole model); None if absent or disabled."""
+        if not self.enabled:
+            return None
+        entry = self._loaded().get(entry_key(target, what))
+        if entry is None:
+            return None
+        self.hits += 1
+        return dict(entry)
+
+    def record(self, target: Target, what: Mapping[str, Any], entry: Mapping[str, Any]) -> None:
+        """Record one fresh measurement: ``entry`` holds at least ``ms`` (ms per call); written on `flush`."""
         self.measured += 1
         if not self.enabled:
             return
-        entry = {"ms": float(ms), "backend": target.backend, "batch": target.batch, "geometry": geometry.key,
-                 "method": method, "ranks": [int(r) for r in ranks]}
-        key = cost_key(target, geometry, method, ranks)
+        entry = {**entry, "backend": target.backend, "batch": target.batch, **what}
+        if not _valid_ms(entry.get("ms")):
+            raise ValueError(f"a cost entry needs a non-negative 'ms', got {entry.get('ms')!r}")
+        key = entry_key(target, what)
         self._loaded()[key] = entry
         self._dirty[key] = entry
 

@@ -4,7 +4,7 @@ Each graph is loaded once in the runner `tdexport.validate` uses for the backend
 rounds; every round visits every graph, in forward order on even rounds and backward order on odd ones
 (the ABBA order of `tdexport.validate.latency` extended to many graphs), so no graph always runs right
 after the same neighbour or always first. Within a round a graph runs a calibrated number of consecutive
-calls (5 to 400, enough for about ``min_time_s / rounds`` seconds) and contributes the lower quartile of
+calls (2 to 400, enough for about ``min_time_s / rounds`` seconds) and contributes the lower quartile of
 those calls; its time is the lower quartile of its round values. Lower quartiles rather than medians
 because other processes on a shared machine only ever add time, to single calls and in bursts spanning
 several rounds: with the machine's load at 8 on 2 cores, half the calls of a 1 ms conv on two ONNX Runtime
@@ -30,7 +30,9 @@ from .target import Target
 __all__ = ["time_graphs"]
 
 # Consecutive calls of one graph per round: enough for a quartile, bounded so a fast graph cannot stretch a round.
-_MIN_CALLS_PER_ROUND = 5
+# The lower bound only binds for calls above ~5 ms (batch-32 convs of a ResNet-50), whose single calls are
+# already long compared with scheduler noise; 2 rather than 5 cut resnet50's cold profiling at batch 32 by half.
+_MIN_CALLS_PER_ROUND = 2
 _MAX_CALLS_PER_ROUND = 400
 # Other processes only ever add time (see the module docstring): a lower quartile estimates the undisturbed
 # time while one lucky call or round still cannot decide it.
@@ -81,7 +83,7 @@ def time_graphs(graphs: Mapping[str, bytes], target: Target, *, rounds: int = 8,
         rounds: timed rounds, at least (rounded up to an even number: each order runs equally often); up to
             twice as many while the round values of a graph spread by more than 20 % (interquartile range).
         min_time_s: timed seconds per graph, at least; spread over the rounds by choosing how many
-            consecutive calls a graph runs per round (1 to 400).
+            consecutive calls a graph runs per round (2 to 400).
         warmup_s: untimed warm-up per graph (at least two calls), also used to calibrate the calls per round.
         seed: seed of the random inputs.
 
