@@ -5,8 +5,8 @@ Internal bugs deliberately sit outside this hierarchy and end the CLI with exit 
 
 from __future__ import annotations
 
-__all__ = ["TdexportError", "UsageError", "DecompositionError", "GateFailed", "BackendUnavailable", "first_line",
-           "user_message"]
+__all__ = ["TdexportError", "UsageError", "DecompositionError", "GateFailed", "BackendUnavailable",
+           "EngineBuildError", "first_line", "user_message"]
 
 
 class TdexportError(Exception):
@@ -35,6 +35,12 @@ class BackendUnavailable(TdexportError):
     """A requested runtime, device or optional package is not available here (exit 4)."""
 
     exit_code = 4
+
+
+class EngineBuildError(TdexportError):
+    """TensorRT parsed the model but did not produce an engine (exit 1); the message quotes TensorRT's errors."""
+
+    exit_code = 1
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:

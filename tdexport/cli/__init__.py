@@ -17,6 +17,7 @@ import click
 from .. import __version__
 from ..errors import TdexportError, user_message
 from .deploy_cmds import compress_and_export, export, validate
+from .engine_cmds import build_engine
 from .model_cmds import compress, inspect, models
 from .train_cmds import admm, finetune, train
 
@@ -29,7 +30,8 @@ def cli() -> None:
     """tdexport: compress CNNs with tensor decompositions and export them for deployment."""
 
 
-for _command in (compress, inspect, models, train, finetune, admm, export, validate, compress_and_export):
+for _command in (compress, inspect, models, train, finetune, admm, export, validate, compress_and_export,
+                 build_engine):
     cli.add_command(_command)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .._lazy import require
+from ..engine import probe as probe_tensorrt
 from ..errors import BackendUnavailable, UsageError
 from ._base import Runner
 from ._ort import OrtRunner
@@ -55,13 +55,12 @@ def available_backends() -> dict[str, str | None]:
     """Which backends work here.
 
     ONNX Runtime providers are probed with a one-node model, since onnxruntime-gpu lists providers whose
-    libraries or device are missing.
+    libraries or device are missing; TensorRT by creating a ``trt.Runtime`` (`tdexport.engine.probe`), which
+    fails without tensorrt, a CUDA device, or a driver new enough for the tensorrt wheel.
 
     Returns:
         ``{backend: None if usable, else the reason}`` for every name in `BACKENDS`, in that order.
     """
-    import torch
-
     result: dict[str, str | None] = {"torch": None}
     probe = _identity_model_bytes()
     for provider in ("cpu", "cuda", "trt"):
@@ -74,10 +73,7 @@ def available_backends() -> dict[str, str | None]:
             result[runner.name] = None
         finally:
             runner.close()
-    try:
-        require("tensorrt", extra="tensorrt")
-    except BackendUnavailable as err:
-        result["trt"] = f"trt: {err}"
-    else:
-        result["trt"] = None if torch.cuda.is_available() else "trt: tensorrt is installed but there is no CUDA device"
+    # Importing tensorrt is not enough: the wheel may need a newer driver, so really create a runtime.
+    reason = probe_tensorrt()
+    result["trt"] = None if reason is None else f"trt: {reason}"
     return result

@@ -1,30 +1,36 @@
-"""TensorRT runner (named-tensor API of TensorRT 10/11, torch CUDA buffers)."""
+"""TensorRT runner (named-tensor API of TensorRT 10/11, torch CUDA buffers and stream)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._lazy import require
+from .. import engine as trt_engine
 from ..errors import BackendUnavailable, UsageError
 from ._base import Runner, as_batch, cuda_device_label
 
 
 class TrtRunner(Runner):
-    """Runs a TensorRT engine (or an ONNX model built into one at `load`) with torch CUDA buffers.
+    """Runs a TensorRT engine (or an ONNX model built into one at `load`) on one CUDA stream.
 
     Uses TensorRT's named-tensor API (TensorRT 10/11): ``Runtime.deserialize_cuda_engine``, one execution
-    context, ``set_input_shape`` per batch and ``execute_async_v3`` on a private CUDA stream. After `load`,
-    ``gpu_name`` is the GPU it runs on and ``fixed_batch`` the engine's batch size when the engine is static
-    (fixed input shape, or an optimization profile whose min and max batch agree), else None.
+    context, ``set_input_shape`` per batch and ``execute_async_v3``. Device buffers for the input and output
+    are allocated once, at the batch profile's maximum, and bound with ``set_tensor_address`` at `load`. A
+    batch is staged in a pinned host buffer and copied to the device, run and copied back on the runner's
+    own stream, so the copies and the inference are ordered on one stream without cross-stream waits.
+
+    After `load`, ``gpu_name`` is the GPU it runs on and ``fixed_batch`` the engine's batch size when the
+    engine is static (fixed input shape, or an optimization profile whose min and max batch agree), else None.
 
     Args:
-        engine_or_onnx_path: a serialized engine (``.engine`` / ``.plan``, built by `tdexport.export.tensorrt`
-            on this GPU and TensorRT version) or an ``.onnx`` file, built in memory with batch profile
-            1..``max_batch``.
+        engine_or_onnx_path: a serialized engine (``.engine`` / ``.plan``, from `tdexport.engine.build_engine`
+            on this GPU and TensorRT version; its sidecar, when present, is checked) or an ``.onnx`` file, built
+            in memory (fp32 stays fp32: strongly typed, TF32 off) with batch profile 1..``max_batch`` (a
+            fixed-batch model: its batch).
         max_batch: largest batch of the in-memory build (ignored for an engine file).
         threads: recorded only; TensorRT runs on the GPU.
     """
@@ -36,38 +42,48 @@ class TrtRunner(Runner):
         self.max_batch = max_batch
         self.gpu_name: str | None = None
         self._device_index: int | None = None
+        self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
         self._input = self._output = ""
+        self._batch_range = (0, 0)
+        self._sample_shape: tuple[int, ...] = ()
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def load(self) -> None:
-        """Deserialize (or build) the engine and create an execution context.
+        """Deserialize (or build) the engine, create an execution context and bind preallocated buffers.
 
         Raises:
-            BackendUnavailable: tensorrt is not installed or there is no CUDA device.
-            UsageError: the file is missing, the engine does not deserialize, or its I/O is not one float32
-                input and one float32 output.
+            BackendUnavailable: tensorrt is not installed, there is no CUDA device, or TensorRT cannot create
+                a runtime or an execution context here.
+            UsageError: the file is missing, the engine does not deserialize (or its sidecar says it was
+                built with another TensorRT version or GPU), or its I/O is not one float32 input and one
+                float32 output.
+            RuntimeError: TensorRT refused a buffer address (an internal error).
         """
         if self._loaded:
             return
-        trt = require("tensorrt", extra="tensorrt")
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("trt: tensorrt is installed but torch sees no CUDA device; TensorRT needs an "
-                                     "NVIDIA GPU (and a CUDA build of torch for the I/O buffers)")
+        trt = trt_engine.tensorrt()
+        gpu = trt_engine.cuda_device()
         if not self.path.is_file():
             raise UsageError(f"TensorRT engine / ONNX model not found: {self.path}")
         if self.path.suffix == ".onnx":
-            from ..export.tensorrt import build_serialized
-
-            data = build_serialized(self.path, min_batch=1, opt_batch=self.max_batch, max_batch=self.max_batch)
+            fixed = trt_engine.inspect_onnx(self.path).static_batch is not None
+            profile = {} if fixed else {"min_batch": 1, "opt_batch": self.max_batch, "max_batch": self.max_batch}
+            data = trt_engine.build_serialized(self.path, **profile)
         else:
-            data = self.path.read_bytes()
-        logger = trt.Logger(trt.Logger.WARNING)
-        engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+            data = trt_engine.load_engine_bytes(self.path)
+        runtime = trt_engine.create_runtime(trt)
+        capture = trt_engine.LogCapture(trt_engine.trt_logger(trt))
+        try:
+            engine = runtime.deserialize_cuda_engine(data)
+        except Exception as err:  # some builds raise instead of returning None
+            raise UsageError(f"TensorRT {trt.__version__} could not deserialize {self.path}: {err}"
+                             f"{capture.text()}") from err
         if engine is None:
-            raise UsageError(f"TensorRT could not deserialize {self.path}; engines only load with the TensorRT "
-                             f"version (and GPU) that built them")
+            raise UsageError(f"TensorRT {trt.__version__} could not deserialize {self.path}; engines only load with "
+                             f"the TensorRT version (and GPU) that built them{capture.text()}")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -76,29 +92,66 @@ class TrtRunner(Runner):
         for n in names:
             if engine.get_tensor_dtype(n) != trt.float32:
                 raise UsageError(f"{self.path}: tensor '{n}' is {engine.get_tensor_dtype(n)}, runners use float32")
-        self._fixed_batch = _static_batch(engine, inputs[0])
-        self._device_index = torch.cuda.current_device()
-        self.gpu_name = torch.cuda.get_device_name(self._device_index)
-        self._engine, self._context = engine, engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
+        low, max_shape = _input_bounds(engine, inputs[0], self.path)
+        high = max_shape[0]
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendUnavailable(f"trt: TensorRT could not create an execution context for {self.path} (out of "
+                                     f"GPU memory?){capture.text()}")
+        if not context.set_input_shape(inputs[0], max_shape):
+            raise UsageError(f"{self.path}: the engine refuses its own maximum input shape {max_shape}"
+                             f"{capture.text()}")
+        out_shape = tuple(int(d) for d in context.get_tensor_shape(outputs[0]))
+        if any(d < 0 for d in out_shape):
+            raise UsageError(f"{self.path}: output '{outputs[0]}' has no fixed shape {out_shape} at batch {high}")
+        device = torch.device("cuda", gpu.index)
+        # Allocated on the stream that uses them, so the caching allocator never hands them to another stream.
+        stream = torch.cuda.Stream(device=device)
+        with torch.cuda.stream(stream):
+            buffers = {
+                "in": torch.empty(math.prod(max_shape), dtype=torch.float32, device=device),
+                "out": torch.empty(math.prod(out_shape), dtype=torch.float32, device=device),
+            }
+        buffers["in_host"] = torch.empty(buffers["in"].numel(), dtype=torch.float32, pin_memory=True)
+        buffers["out_host"] = torch.empty(buffers["out"].numel(), dtype=torch.float32, pin_memory=True)
+        for name, key in ((inputs[0], "in"), (outputs[0], "out")):
+            if not context.set_tensor_address(name, buffers[key].data_ptr()):
+                raise RuntimeError(f"TensorRT refused the device buffer of tensor '{name}'{capture.text()}")
+        self._fixed_batch = low if low == high else None
+        self._batch_range, self._sample_shape = (low, high), max_shape[1:]
+        self._device_index, self.gpu_name = gpu.index, gpu.name
+        self._runtime, self._engine, self._context, self._stream = runtime, engine, context, stream
+        self._buffers = buffers
         self._input, self._output = inputs[0], outputs[0]
         self._loaded = True
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) float32 for images (N, C, H, W); N must lie in the engine's batch profile."""
+        """Logits (N, classes) float32 for images (N, C, H, W); N must lie in the engine's batch profile.
+
+        Raises:
+            UsageError: N is outside the profile or the sample shape is not the engine's.
+            RuntimeError: TensorRT failed to enqueue the inference.
+        """
         self._check_loaded()
-        x = torch.from_numpy(as_batch(batch)).to("cuda")
+        x = as_batch(batch)
+        n, (low, high) = x.shape[0], self._batch_range
+        if tuple(x.shape[1:]) != self._sample_shape:
+            raise UsageError(f"the engine takes samples of shape {self._sample_shape}, got {tuple(x.shape[1:])}")
+        if not low <= n <= high:
+            raise UsageError(f"batch {n} is outside the engine's optimization profile (batch {low}..{high})")
         if not self._context.set_input_shape(self._input, tuple(x.shape)):
-            raise UsageError(f"batch shape {tuple(x.shape)} is outside the engine's optimization profile")
-        out = torch.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda")
-        self._context.set_tensor_address(self._input, x.data_ptr())
-        self._context.set_tensor_address(self._output, out.data_ptr())
-        # The host-to-device copy ran on torch's current stream; TensorRT must not read x before it lands.
-        self._stream.wait_stream(torch.cuda.current_stream())
-        if not self._context.execute_async_v3(self._stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+            raise UsageError(f"TensorRT refused the input shape {tuple(x.shape)}")
+        out_shape = tuple(int(d) for d in self._context.get_tensor_shape(self._output))
+        size_in, size_out = x.size, math.prod(out_shape)
+        buf = self._buffers
+        buf["in_host"][:size_in].numpy()[:] = x.reshape(-1)
+        with torch.cuda.stream(self._stream):
+            buf["in"][:size_in].copy_(buf["in_host"][:size_in], non_blocking=True)
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            buf["out_host"][:size_out].copy_(buf["out"][:size_out], non_blocking=True)
         self._stream.synchronize()
-        return out.cpu().numpy()
+        return buf["out_host"][:size_out].numpy().reshape(out_shape).copy()
 
     def device_info(self) -> dict[str, Any]:
         """``{"device": "cuda:I (GPU name)", "gpu": GPU name, "threads", "fixed_batch"}`` of the loaded engine."""
@@ -107,15 +160,27 @@ class TrtRunner(Runner):
                 "fixed_batch": self._fixed_batch}
 
     def close(self) -> None:
-        """Drop the execution context and engine."""
-        self._context = self._engine = self._stream = None
+        """Drop the execution context, engine, runtime and buffers (in that order); safe to call twice."""
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        self._buffers = {}
+        self._stream = None
         self._loaded = False
 
 
-def _static_batch(engine: Any, name: str) -> int | None:
-    """The engine input's batch size when it cannot vary (static shape or min = max profile), else None."""
-    first = int(engine.get_tensor_shape(name)[0])
-    if first > 0:
-        return first
-    low, _, high = engine.get_tensor_profile_shape(name, 0)
-    return int(low[0]) if int(low[0]) == int(high[0]) else None
+def _input_bounds(engine: Any, name: str, path: Path) -> tuple[int, tuple[int, ...]]:
+    """(smallest batch, largest input shape) the engine input accepts: its fixed shape, or profile 0's bounds.
+
+    Raises:
+        UsageError: a dimension other than the batch varies within the profile.
+    """
+    shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+    if all(d > 0 for d in shape):
+        return shape[0], shape
+    low, _, high = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+    if low[1:] != high[1:]:
+        raise UsageError(f"{path}: only the batch dimension of '{name}' may vary, its profile spans {low}..{high}")
+    return low[0], high
