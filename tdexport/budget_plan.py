@@ -194,7 +194,8 @@ class BudgetChoice:
 def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
                  eligibility: Mapping[str, tuple[str | None, str]], spectra: Callable[[LayerSite], _SpectraLike], *,
                  round_to: int | None = None, cost: CostFn | None = None,
-                 fixed_cost: float | None = None, allowed: AllowFn | None = None) -> BudgetChoice:
+                 fixed_cost: float | None = None, allowed: AllowFn | None = None,
+                 options_cache: dict[tuple[str, str], list[Option]] | None = None) -> BudgetChoice:
     """Allocate a budget rule's whole-model reduction across the eligible layers.
 
     Args:
@@ -209,6 +210,8 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
             parameter not in an eligible layer, for MACs: the MACs of the non-eligible Conv2d / Linear sites.
             Required with a custom ``cost``.
         allowed: option filter passed to `layer_options`.
+        options_cache: (layer, method) → its options, filled and reused across calls that share ``cost``,
+            ``round_to`` and ``allowed`` (the ``latency:`` search allocates several budgets over one table).
 
     Returns:
         `BudgetChoice`; the model's cost at its ranks is at most total / K.
@@ -230,9 +233,14 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
     cost = cost or metric_cost(rule.kind)
     eligible = [s for s in sites if eligibility[s.name][0]]
     spectra_of = {s.name: spectra(s) for s in eligible}
-    table = {s.name: layer_options(s, eligibility[s.name][0], spectra_of[s.name], cost=cost, round_to=round_to,
-                                  allowed=allowed)
-             for s in eligible}
+    options_cache = {} if options_cache is None else options_cache
+    table = {}
+    for s in eligible:
+        key = (s.name, eligibility[s.name][0])
+        if key not in options_cache:
+            options_cache[key] = layer_options(s, key[1], spectra_of[s.name], cost=cost, round_to=round_to,
+                                               allowed=allowed)
+        table[s.name] = options_cache[key]
     kept = [s for s in sites if not eligibility[s.name][0]]
     if fixed_cost is None:
         total = (sum(p.numel() for p in model.parameters()) if rule.kind == "params"

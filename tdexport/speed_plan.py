@@ -298,13 +298,14 @@ def latency_choice(
         fixed = max(original_ms - dense_sum, 0.0)
         goal, k = rule.value, rule.value
         steps: list[dict[str, Any]] = []
+        options: dict[tuple[str, str], Any] = {}  # one cost table for every step: build its options once
         candidates: list[tuple[float, Any, dict[str, str], Any]] = []
         below: list[float] = []  # K' whose allocation measured slower than K
         above: list[float] = []  # K' whose allocation measured faster than K
         for _ in range(_MAX_STEPS):
             try:
                 choice = choose_ranks(model, sites, RankRule("latency", k, text=rule.text), eligibility, spectra,
-                                      round_to=round_to, cost=cost, fixed_cost=fixed)
+                                      round_to=round_to, cost=cost, fixed_cost=fixed, options_cache=options)
             except BudgetUnreachable as err:
                 if any(step["allocated_for"] >= err.best * 0.998 for step in steps):
                     break  # the fastest allocation was measured already
@@ -312,7 +313,7 @@ def latency_choice(
                 # since the measurement, not the layer model, decides.
                 k = err.best * 0.999
                 choice = choose_ranks(model, sites, RankRule("latency", k, text=rule.text), eligibility, spectra,
-                                      round_to=round_to, cost=cost, fixed_cost=fixed)
+                                      round_to=round_to, cost=cost, fixed_cost=fixed, options_cache=options)
             kept = keep(choice)
             structure = {name: (methods[name], tuple(choice.ranks(name)))
                          for name in methods if choice.ranks(name) is not None and name not in kept}

@@ -347,3 +347,22 @@ def test_a_backend_missing_here_is_backend_unavailable():
     assert fingerprint(Target("ort-cuda"))["gpu"] is None
     with pytest.raises(BackendUnavailable):
         profile_costs(_layers()[:1], Target("ort-cuda"), cache=CostCache(enabled=False), progress=False, **FAST)
+
+
+@pytest.mark.parametrize("geometry, method", [
+    (Geometry("conv", 64, 96, (3, 3), stride=(2, 2), padding=(1, 1), in_hw=(15, 17)), "tucker2"),
+    (Geometry("conv", 64, 96, (3, 3), padding=(2, 2), dilation=(2, 2), in_hw=(12, 12)), "tt"),
+    (Geometry("conv", 32, 48, (5, 3), stride=(2, 1), padding=(2, 1), in_hw=(11, 9)), "cp"),
+    (Geometry("conv", 256, 128, (1, 1), stride=(2, 2), in_hw=(14, 14)), "svd"),
+    (Geometry("linear", 300, 200, bias=True, tokens=7), "svd"),
+])
+def test_chain_macs_formula_equals_counting_the_chain(geometry, method):
+    import random
+
+    rng = random.Random(0)
+    n_ranks = 2 if method in ("tucker2", "tt") else 1
+    for _ in range(20):
+        ranks = tuple(rng.randint(1, 200) for _ in range(n_ranks))
+        counted = chain_cost(structure_for(method, geometry.dummy(), ranks), in_hw=geometry.in_hw,
+                             tokens=geometry.tokens)[1]
+        assert chain_macs(geometry, method, ranks) == counted

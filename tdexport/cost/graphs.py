@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..layers import conv_output_hw, int_padding, structure_for
@@ -41,7 +42,10 @@ def chain_modules(geometry: Geometry, method: str, ranks: Sequence[int] = ()) ->
     layer = geometry.dummy()
     if method == DENSE:
         return [layer]
-    return list(structure_for(method, layer, ranks))
+    # Without the device context the factor modules would allocate and initialise real weights: the
+    # planner prices thousands of rank options this way, and CPU initialisation took seconds of it.
+    with torch.device("meta"):
+        return list(structure_for(method, layer, ranks))
 
 
 def _weight(param: nn.Parameter, rng: np.random.Generator, scale: float) -> np.ndarray:

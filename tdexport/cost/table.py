@@ -71,11 +71,40 @@ def candidate_ranks(geometry: Geometry, method: str, *, fractions: Sequence[floa
     return points
 
 
-@functools.lru_cache(maxsize=65536)
-def chain_macs(geometry: Geometry, method: str, ranks: tuple[int, ...]) -> int:
-    """MACs of one sample through the dense layer (``method="dense"``) or its chain at ``ranks``."""
+def _counted_macs(geometry: Geometry, method: str, ranks: tuple[int, ...]) -> int:
     _, macs = chain_cost(chain_modules(geometry, method, ranks), in_hw=geometry.in_hw, tokens=geometry.tokens)
     return int(macs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mac_coefficients(geometry: Geometry, method: str, n_ranks: int) -> tuple[int, ...]:
+    """Coefficients of the chain's MACs as a multilinear polynomial in its ranks.
+
+    Every factor chain (`tdexport.layers.structure_for`) is a sequence of convs / linears whose channel counts
+    are either fixed or one rank, with a rank in both the input and the output only as a product of two
+    different ranks (Tucker-2's core) or as a grouped conv of that rank (CP's depthwise pair, linear in it).
+    So MACs = a + b·r₁ (+ c·r₂ + d·r₁·r₂), exactly, and four counted chains give it for every rank: building
+    modules for each of the thousands of options a budget prices took seconds per model.
+    """
+    if n_ranks == 1:
+        m1, m2 = (_counted_macs(geometry, method, (r,)) for r in (1, 2))
+        return m1 - (m2 - m1), m2 - m1
+    m11, m21, m12, m22 = (_counted_macs(geometry, method, rk) for rk in ((1, 1), (2, 1), (1, 2), (2, 2)))
+    d = m22 - m21 - m12 + m11
+    b, c = m21 - m11 - d, m12 - m11 - d
+    return m11 - b - c - d, b, c, d
+
+
+def chain_macs(geometry: Geometry, method: str, ranks: tuple[int, ...]) -> int:
+    """MACs of one sample through the dense layer (``method="dense"``) or its chain at ``ranks``."""
+    ranks = tuple(int(r) for r in ranks)
+    if method == DENSE or len(ranks) not in (1, 2):
+        return _counted_macs(geometry, method, ranks)
+    coef = _mac_coefficients(geometry, method, len(ranks))
+    if len(ranks) == 1:
+        return coef[0] + coef[1] * ranks[0]
+    a, b, c, d = coef
+    return a + b * ranks[0] + c * ranks[1] + d * ranks[0] * ranks[1]
 
 
 @dataclass(frozen=True)
