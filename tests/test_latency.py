@@ -11,7 +11,7 @@ from torch import nn
 
 from tdexport.errors import UsageError
 from tdexport.export.onnx import export_onnx
-from tdexport.runtime import OrtRunner, TorchRunner
+from tdexport.runtime import OrtRunner, Runner, TorchRunner
 from tdexport.validate import latency as L
 from tdexport.validate.latency import (
     SPEEDUP_METHOD,
@@ -283,3 +283,190 @@ def test_rounds_without_a_measurable_compressed_time_give_no_ratio(clock):
     assert math.isnan(res.speedup) and all(math.isnan(v) for v in res.speedup_spread)
     assert math.isnan(res.p50_ratio) and res.compressed.p50 == 0.0 and res.original.p50 == 0.001
 
+
+
+# ------------------------------------------------- device-time basis: real runners that time their own work
+
+
+class StagedWorkRunner(Runner):
+    """A real CPU runner shaped like a GPU one: a fixed host-side staging step, then the "device" work.
+
+    ``infer_timed`` copies the batch into a staging buffer (host overhead that compression does not
+    shrink, like host-device copies), then applies ``depth`` elementwise tanh passes to a work vector and
+    reports the perf_counter time of those passes alone as its device time. Nothing is simulated: both
+    times are measured around real work.
+    """
+
+    WORK_FLOATS = 100_000
+
+    def __init__(self, name, depth, staging_floats, *, setup=False, drop_device_every=0):
+        super().__init__(threads=None)
+        self.name, self.depth = name, depth
+        self.setup_on_first_call = setup
+        self._staging_floats = staging_floats
+        self._drop_every = drop_device_every
+        self._calls = 0
+
+    @property
+    def device_timing(self):
+        return self._loaded
+
+    def load(self):
+        self._stage = np.empty(self._staging_floats, np.float32)
+        self._first_call_ms = None
+        self._loaded = True
+
+    def infer(self, batch):
+        return self.infer_timed(batch)[0]
+
+    def infer_timed(self, batch):
+        self._check_loaded()
+        start_ns = time.perf_counter_ns()
+        flat = np.ascontiguousarray(batch, np.float32).reshape(-1)
+        for offset in range(0, self._stage.size, flat.size):  # host-side staging: a fixed cost per call
+            chunk = self._stage[offset:offset + flat.size]
+            chunk[:] = flat[:chunk.size]
+        x = np.resize(flat, self.WORK_FLOATS)
+        device_start = time.perf_counter()
+        for _ in range(self.depth):
+            x = np.tanh(x * 0.5)
+        device_ms = (time.perf_counter() - device_start) * 1e3
+        self._calls += 1
+        self._note_call(start_ns)
+        if self._drop_every and self._calls % self._drop_every == 0:
+            device_ms = None  # a GPU runner that failed to time one call
+        return x[:batch.shape[0] * 2].reshape(batch.shape[0], 2), device_ms
+
+    def close(self):
+        self._loaded = False
+
+    def device_info(self):
+        return {"device": "cpu", "threads": None, "fixed_batch": None}
+
+
+HOST_KEYS = {"original", "compressed", "speedup", "speedup_spread", "rounds", "p50_ratio", "speedup_method",
+             "order", "round_size", "warmup_calls"}
+
+
+def _median_ratio(pairs):
+    return statistics.median([a / b for a, b in pairs if b > 0])
+
+
+def test_device_times_become_the_speedup_basis():
+    # Same staging cost, 8x the tanh passes: the device ratio is large, the host ratio much lower.
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    with StagedWorkRunner("big", 16, 100_000) as big, StagedWorkRunner("small", 2, 100_000) as small:
+        assert big.device_timing and small.device_timing and big.first_call_ms is None
+        res = measure_paired(big, small, x, warmup_s=0.05, iterations=12, duration_s=0.0, round_size=3)
+        assert big.first_call_ms is not None and big.first_call_ms > 0  # recorded by the runner itself
+    assert res.speedup_basis == "device" and res.device is not None
+    dev_orig, dev_comp = res.device
+    assert dev_orig.count == res.original.count == dev_comp.count == res.rounds * 3
+    # The headline is the paired round-median ratio of the device times; the host pairing is kept beside it.
+    assert len(res.device_round_medians) == res.rounds
+    assert res.speedup == _median_ratio(res.device_round_medians)
+    assert res.host_speedup == _median_ratio(res.round_medians)
+    assert res.speedup_spread[0] <= res.speedup <= res.speedup_spread[1]
+    assert res.host_speedup_spread[0] <= res.host_speedup <= res.host_speedup_spread[1]
+    # Each device time was measured inside its host-timed call, so the device statistics never exceed them.
+    for dev, host in ((dev_orig, res.original), (dev_comp, res.compressed)):
+        assert dev.mean <= host.mean and dev.p50 <= host.p50 and dev.p99 <= host.p99
+    # Staging is overhead compression does not remove: the host speedup understates the compute speedup.
+    assert res.speedup > res.host_speedup > 1.0
+    assert res.device_p50_ratio == dev_orig.p50 / dev_comp.p50
+
+    d = res.to_dict()
+    assert set(d) == HOST_KEYS | {"speedup_basis", "host_speedup", "host_speedup_spread", "device"}
+    assert d["speedup_basis"] == "device" and d["speedup"] == res.speedup
+    assert d["host_speedup"] == res.host_speedup and d["host_speedup_spread"] == list(res.host_speedup_spread)
+    assert d["p50_ratio"] == res.original.p50 / res.compressed.p50  # still host p50s, as on the CPU
+    assert set(d["device"]) == {"original", "compressed", "p50_ratio"}
+    assert d["device"]["original"] == dev_orig.to_dict() and d["device"]["original"]["unit"] == "ms"
+
+
+def test_host_basis_when_one_runner_has_no_device_time():
+    x = np.random.default_rng(0).standard_normal((2, *IMAGE)).astype(np.float32)
+    with StagedWorkRunner("dev", 2, 1000) as dev, TorchRunner(conv_net(8), threads=1) as cpu:
+        assert not cpu.device_timing and cpu.infer_timed(x)[1] is None
+        res = measure_paired(dev, cpu, x, warmup_s=0.0, iterations=4, duration_s=0.0, round_size=2)
+    assert res.speedup_basis == "host" and res.device is None and res.device_round_medians == ()
+    assert res.speedup == res.host_speedup == _median_ratio(res.round_medians)
+    assert set(res.to_dict()) == HOST_KEYS  # exactly the keys a CPU measurement always had
+
+
+def test_a_missing_device_time_falls_back_to_host_time():
+    x = np.ones((1, 1, 8, 8), np.float32)
+    with StagedWorkRunner("a", 4, 1000) as a, StagedWorkRunner("b", 1, 1000, drop_device_every=5) as b:
+        res = measure_paired(a, b, x, warmup_s=0.0, iterations=6, duration_s=0.0, round_size=3)
+    assert res.speedup_basis == "host" and res.device is None
+    assert res.speedup == _median_ratio(res.round_medians)
+    assert "device" not in res.to_dict()
+
+
+def test_setup_call_runs_apart_from_the_warm_up():
+    log = []
+    x = np.ones((1, 1, 8, 8), np.float32)
+    with StagedWorkRunner("a", 4, 1000, setup=True) as a, StagedWorkRunner("b", 1, 1000) as b:
+        ra, rb = recording(a, "A", log), recording(b, "B", log)
+        ra.setup_on_first_call, rb.setup_on_first_call = True, False
+        ra.device_timing = rb.device_timing = False  # the recorder forwards infer only: host basis
+        res = measure_paired(ra, rb, x, warmup_s=0.0, iterations=2, duration_s=0.0, round_size=1)
+    # One untimed setup call of A, then the warm-up (one call each), then the timed ABBA rounds.
+    assert [e[0] for e in log[:3]] == ["A", "A", "B"]
+    assert res.warmup_calls == (1, 1) and len(log) == 1 + 2 + 2 * res.rounds
+    assert res.first_call_ms[1] is None and res.first_call_ms[0] == pytest.approx(
+        (log[0][2] - log[0][1]) * 1e3, rel=0.5, abs=0.5)
+    d = res.to_dict()
+    assert set(d) == HOST_KEYS | {"first_call_ms"} and d["first_call_ms"] == list(res.first_call_ms)
+
+
+class DeviceCostRunner(CostRunner):
+    """Virtual-clock runner that also reports a device time: ``device(now_ns)`` ms per call."""
+
+    def __init__(self, label, clock, cost, device, log, setup_ns=0):
+        super().__init__(label, clock, cost, log)
+        self.device, self.setup_ns, self.device_timing = device, setup_ns, True
+        self.setup_on_first_call = setup_ns > 0
+        self._primed = False
+
+    def infer(self, batch):
+        if not self._primed and self.setup_ns:
+            self._primed = True
+            self.clock.ns += self.setup_ns
+            return np.zeros((batch.shape[0], 2), np.float32)
+        return super().infer(batch)
+
+    def infer_timed(self, batch):
+        now = self.clock.ns
+        return self.infer(batch), self.device(now)
+
+
+def test_device_basis_arithmetic_is_exact(clock):
+    log = []
+    # Host: 3 ms vs 2 ms (fixed 1.5 ms overhead each); device: 1.5 ms vs 0.5 ms. A needs 1 s of setup.
+    a = DeviceCostRunner("A", clock, lambda now: 3_000_000, lambda now: 1.5, log, setup_ns=1_000_000_000)
+    b = DeviceCostRunner("B", clock, lambda now: 2_000_000, lambda now: 0.5, log)
+    res = measure_paired(a, b, np.zeros((2, 1, 1, 1), np.float32), warmup_s=0.006, iterations=4,
+                         duration_s=0.0, round_size=2)
+    assert res.first_call_ms == (1000.0, None)  # the setup call is reported, not counted as warm-up
+    assert res.warmup_calls == (2, 3)  # 6 ms each: A 2 calls of 3 ms, B 3 calls of 2 ms
+    assert (res.rounds, res.speedup_basis) == (2, "device")
+    assert res.speedup == 3.0 and res.speedup_spread == (3.0, 3.0)
+    assert res.host_speedup == res.p50_ratio == 1.5 and res.host_speedup_spread == (1.5, 1.5)
+    assert res.device_round_medians == ((1.5, 0.5),) * 2
+    assert (res.device[0].p50, res.device[1].mean, res.device[1].throughput) == (1.5, 0.5, 2 * 1000 / 0.5)
+    assert res.original.p50 == 3.0 and res.compressed.p50 == 2.0
+    d = res.to_dict()
+    assert d["speedup"] == 3.0 and d["host_speedup"] == 1.5 and d["device"]["p50_ratio"] == 3.0
+    assert d["first_call_ms"] == [1000.0, None]
+
+
+def test_cpu_measurement_is_unchanged_by_the_device_fields(clock):
+    # CostRunner has no device_timing / setup_on_first_call: the old path, old keys, old numbers.
+    a = CostRunner("A", clock, lambda now: 2_000_000, [])
+    b = CostRunner("B", clock, lambda now: 500_000, [])
+    res = measure_paired(a, b, np.zeros((1, 1, 1, 1), np.float32), warmup_s=0.0, iterations=2, duration_s=0.0,
+                         round_size=1)
+    assert (res.speedup_basis, res.device, res.first_call_ms) == ("host", None, None)
+    assert res.speedup == res.host_speedup == 4.0 and set(res.to_dict()) == HOST_KEYS
+    assert L.SPEEDUP_BASES == ("host", "device") and set(L.SPEEDUP_BASIS_TEXT) == set(L.SPEEDUP_BASES)

@@ -11,8 +11,9 @@ Backends that are not usable on this machine raise `BackendUnavailable` (exit 4)
 onnxruntime-gpu lists its CUDA and TensorRT providers even where their libraries or the GPU are missing and
 then silently runs on CPU, so `OrtRunner` checks the providers the session really got.
 
-Modules: `_base` (the `Runner` interface), `_torch`, `_ort`, `_trt` (one per backend) and `_backends`
-(backend names, `make_runner`, `available_backends`).
+Modules: `_base` (the `Runner` interface), `_torch`, `_ort`, `_trt` (one per backend), `_ort_options`
+(ONNX Runtime provider options and TensorRT-provider cache keys) and `_backends` (backend names,
+`make_runner`, `available_backends`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from .. import engine as trt_engine
 from ..errors import BackendUnavailable, UsageError
-from ._base import Runner, as_batch, cuda_device_label
+from ._base import Runner, StreamTimer, as_batch, cuda_device_label
 
 
 class TrtRunner(Runner):
@@ -22,6 +23,8 @@ class TrtRunner(Runner):
     are allocated once, at the batch profile's maximum, and bound with ``set_tensor_address`` at `load`. A
     batch is staged in a pinned host buffer and copied to the device, run and copied back on the runner's
     own stream, so the copies and the inference are ordered on one stream without cross-stream waits.
+    `infer_timed` reports the device time of ``execute_async_v3`` from CUDA events recorded on that stream
+    around the enqueue (trtexec's "GPU compute time": copies excluded).
 
     After `load`, ``gpu_name`` is the GPU it runs on and ``fixed_batch`` the engine's batch size when the
     engine is static (fixed input shape, or an optimization profile whose min and max batch agree), else None.
@@ -34,6 +37,9 @@ class TrtRunner(Runner):
         max_batch: largest batch of the in-memory build (ignored for an engine file).
         threads: recorded only; TensorRT runs on the GPU.
     """
+
+    # The first enqueue after loading initialises the execution context; latency runs it apart.
+    setup_on_first_call = True
 
     def __init__(self, engine_or_onnx_path: str | Path, *, max_batch: int = 64, threads: int | None = None) -> None:
         super().__init__(threads=threads)
@@ -50,6 +56,12 @@ class TrtRunner(Runner):
         self._batch_range = (0, 0)
         self._sample_shape: tuple[int, ...] = ()
         self._buffers: dict[str, torch.Tensor] = {}
+        self._timer: StreamTimer | None = None
+
+    @property
+    def device_timing(self) -> bool:
+        """True once loaded: every call reports its device time."""
+        return self._loaded
 
     def load(self) -> None:
         """Deserialize (or build) the engine, create an execution context and bind preallocated buffers.
@@ -122,7 +134,9 @@ class TrtRunner(Runner):
         self._device_index, self.gpu_name = gpu.index, gpu.name
         self._runtime, self._engine, self._context, self._stream = runtime, engine, context, stream
         self._buffers = buffers
+        self._timer = StreamTimer(stream)
         self._input, self._output = inputs[0], outputs[0]
+        self._first_call_ms = None
         self._loaded = True
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -132,7 +146,17 @@ class TrtRunner(Runner):
             UsageError: N is outside the profile or the sample shape is not the engine's.
             RuntimeError: TensorRT failed to enqueue the inference.
         """
+        return self.infer_timed(batch)[0]
+
+    def infer_timed(self, batch: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(logits (N, classes) float32, device ms of ``execute_async_v3``) for images (N, C, H, W).
+
+        Raises:
+            UsageError: N is outside the profile or the sample shape is not the engine's.
+            RuntimeError: TensorRT failed to enqueue the inference.
+        """
         self._check_loaded()
+        start_ns = time.perf_counter_ns()
         x = as_batch(batch)
         n, (low, high) = x.shape[0], self._batch_range
         if tuple(x.shape[1:]) != self._sample_shape:
@@ -145,13 +169,19 @@ class TrtRunner(Runner):
         size_in, size_out = x.size, math.prod(out_shape)
         buf = self._buffers
         buf["in_host"][:size_in].numpy()[:] = x.reshape(-1)
+        timer = self._timer
         with torch.cuda.stream(self._stream):
             buf["in"][:size_in].copy_(buf["in_host"][:size_in], non_blocking=True)
+            timer.start()
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
+            timer.stop()
             buf["out_host"][:size_out].copy_(buf["out"][:size_out], non_blocking=True)
         self._stream.synchronize()
-        return buf["out_host"][:size_out].numpy().reshape(out_shape).copy()
+        device_ms = timer.elapsed_ms()
+        out = buf["out_host"][:size_out].numpy().reshape(out_shape).copy()
+        self._note_call(start_ns)
+        return out, device_ms
 
     def device_info(self) -> dict[str, Any]:
         """``{"device": "cuda:I (GPU name)", "gpu": GPU name, "threads", "fixed_batch"}`` of the loaded engine."""
@@ -167,6 +197,7 @@ class TrtRunner(Runner):
         self._engine = None
         self._runtime = None
         self._buffers = {}
+        self._timer = None
         self._stream = None
         self._loaded = False
 

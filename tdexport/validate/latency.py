@@ -11,6 +11,9 @@ alternates ABBA: round 1 runs original then compressed, round 2 compressed then 
 with an even number of rounds so each model goes first equally often. The warm-up alternates the same
 way.
 
+This module holds the timing: `measure_paired`, its result `PairedLatency`, the names of the speedup
+method and basis, and `pin_threads`. The statistics of the samples (`LatencyStats`, `latency_stats`,
+`p50_ratio` and the per-round ratio summary) are in `tdexport.validate.latency_stats` and re-exported here.
 Two numbers come out per batch size and must not be confused:
 
 - ``speedup``: the median over rounds of (original round median / compressed round median). This is the
@@ -21,6 +24,16 @@ Two numbers come out per batch size and must not be confused:
 Runners are duck-typed: anything with ``name`` and ``infer(batch) -> logits`` that is already loaded, and
 optionally ``fixed_batch`` (see `tdexport.runtime`). Timing uses `time.perf_counter_ns` around ``infer``,
 which returns host arrays, so device work is complete when the clock stops.
+
+GPU runners time themselves as well (``device_timing`` True, ``infer_timed(batch) -> (logits, device
+ms)``): CUDA events recorded on the runner's stream around the enqueued inference, trtexec's "GPU compute
+time". When both runners do, each timed call also yields a device time, the pair gets ``device`` statistics
+beside the host ones and the headline ``speedup`` is taken from the device times (``speedup_basis:
+"device"``), while the host-time speedup stays as ``host_speedup``: on a GPU the host time adds copies,
+launch overhead and synchronisation that a compressed model does not shrink. Otherwise (CPU) everything is
+host time (``speedup_basis`` "host") and the result has exactly the keys it always had. A runner whose first
+call at a new shape does one-time setup (``setup_on_first_call``: engine build, cuDNN autotuning) gets one
+untimed call before the warm-up, reported as ``first_call_ms`` and not counted as warm-up.
 """
 
 from __future__ import annotations
@@ -30,16 +43,19 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import UsageError
+from .latency_stats import LatencyStats, _ratio_summary, latency_stats, p50_ratio
 
 __all__ = [
     "ORDER",
+    "SPEEDUP_BASES",
+    "SPEEDUP_BASIS_TEXT",
     "SPEEDUP_METHOD",
     "SPEEDUP_METHOD_TEXT",
     "LatencyStats",
@@ -57,8 +73,15 @@ SPEEDUP_METHOD_TEXT = ("speedup = median over paired rounds of (original round m
 # Order of the two models over consecutive rounds: A B, B A, A B, ...
 ORDER = "ABBA"
 
-# Rounds needed before the p10–p90 band of per-round ratios means something; below it min–max is reported.
-_MIN_ROUNDS_FOR_PERCENTILE_SPREAD = 10
+# Which per-call time the paired round ratios of ``speedup`` are taken from.
+SPEEDUP_BASES = ("host", "device")
+SPEEDUP_BASIS_TEXT = {
+    "host": "per-call latency measured on the host (perf_counter around each inference, which returns host "
+            "arrays: copies and synchronisation included)",
+    "device": "per-call GPU time between CUDA events recorded on the runner's stream around the enqueued "
+              "inference (trtexec's GPU compute time: host-device copies excluded); the host-time speedup is "
+              "kept as host_speedup",
+}
 
 # The clock, looked up at each call rather than bound at import: the tests put a virtual clock here to
 # check the arithmetic of a measurement exactly instead of relying on how fast this machine is.
@@ -72,118 +95,32 @@ class _Runner(Protocol):
 
 
 @dataclass(frozen=True)
-class LatencyStats:
-    """Latency statistics of one model at one batch size.
-
-    Attributes:
-        count: number of timed inferences.
-        mean: mean latency per batch, ms.
-        stdev: sample standard deviation (n − 1) of the latency, ms; 0.0 for a single sample.
-        p50: median latency, ms (percentiles interpolate linearly between order statistics).
-        p90: 90th percentile latency, ms.
-        p95: 95th percentile latency, ms.
-        p99: 99th percentile latency, ms.
-        throughput: images per second at the mean latency, ``batch * 1000 / mean``.
-    """
-
-    count: int
-    mean: float
-    stdev: float
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    throughput: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the fields above plus ``unit: "ms"`` (throughput is in images/s)."""
-        return {
-            "unit": "ms",
-            "count": self.count,
-            "mean": self.mean,
-            "stdev": self.stdev,
-            "p50": self.p50,
-            "p90": self.p90,
-            "p95": self.p95,
-            "p99": self.p99,
-            "throughput": self.throughput,
-        }
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Percentile ``q`` (0–100) of sorted values, interpolating linearly between the two nearest ranks."""
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-
-
-def latency_stats(samples_ms: Sequence[float], batch: int) -> LatencyStats:
-    """Summarise per-batch latencies.
-
-    Args:
-        samples_ms: latency of each timed inference, ms per batch (at least one, all finite and ≥ 0).
-        batch: images per inference (N of the (N, C, H, W) input), for the throughput.
-
-    Returns:
-        `LatencyStats` with mean, sample stdev (n − 1), linearly interpolated p50/p90/p95/p99 (ms), and
-        throughput in images/s (``batch * 1000 / mean``; ``inf`` when the mean is 0).
-
-    Raises:
-        ValueError: no samples, a negative or non-finite sample, or ``batch`` < 1.
-    """
-    values = [float(v) for v in samples_ms]
-    if not values:
-        raise ValueError("latency_stats needs at least one sample")
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        raise ValueError("latency samples must be finite and non-negative (ms)")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    ordered = sorted(values)
-    mean = statistics.fmean(values)
-    return LatencyStats(
-        count=len(values),
-        mean=mean,
-        stdev=statistics.stdev(values) if len(values) > 1 else 0.0,
-        p50=_percentile(ordered, 50),
-        p90=_percentile(ordered, 90),
-        p95=_percentile(ordered, 95),
-        p99=_percentile(ordered, 99),
-        throughput=batch * 1000.0 / mean if mean > 0 else math.inf,
-    )
-
-
-def p50_ratio(original: LatencyStats | Mapping[str, Any], compressed: LatencyStats | Mapping[str, Any]) -> float:
-    """Original p50 / compressed p50 (×); NaN when the compressed p50 is 0 or either is missing.
-
-    Args:
-        original: statistics of the original model (`LatencyStats` or its ``to_dict()``).
-        compressed: statistics of the compressed model, same form.
-    """
-    a = original.get("p50") if isinstance(original, Mapping) else original.p50
-    b = compressed.get("p50") if isinstance(compressed, Mapping) else compressed.p50
-    if a is None or b is None or not b > 0:
-        return math.nan
-    return float(a) / float(b)
-
-
-@dataclass(frozen=True)
 class PairedLatency:
     """Latency of an original and a compressed model timed in interleaved ABBA rounds at one batch size.
 
     Attributes:
         batch: images per inference.
-        original: statistics of the original model over all its timed runs (ms).
-        compressed: statistics of the compressed model over all its timed runs (ms).
-        speedup: median over rounds of (original round median / compressed round median); > 1 means faster.
-            Rounds whose compressed median is 0 (a clock coarser than a call) have no ratio.
+        original: statistics of the original model over all its timed runs (ms, host time).
+        compressed: statistics of the compressed model over all its timed runs (ms, host time).
+        speedup: median over rounds of (original round median / compressed round median) of the
+            ``speedup_basis`` times; > 1 means faster. Rounds whose compressed median is 0 (a clock coarser
+            than a call) have no ratio.
         speedup_spread: (low, high) of the per-round ratios: their 10th and 90th percentiles when there
             are at least 10 ratios, else their minimum and maximum. Always contains ``speedup``.
         rounds: number of paired rounds (even: each model went first in half of them).
         round_size: timed inferences of one model per half-round; ``count == rounds * round_size``.
-        round_medians: per round, (original median, compressed median) in ms, in the order the rounds
-            ran; round i (0-based) ran the original first when i is even.
+        round_medians: per round, (original median, compressed median) host times in ms, in the order the
+            rounds ran; round i (0-based) ran the original first when i is even.
         warmup_calls: untimed warm-up inferences of (original, compressed).
+        speedup_basis: ``"host"`` or ``"device"`` (`SPEEDUP_BASIS_TEXT`): device when both runners reported
+            a device time for every timed call.
+        host_speedup: the paired round ratio median of host times (equal to ``speedup`` on the host basis;
+            None when not measured by `measure_paired`).
+        host_speedup_spread: the spread of the host ratios, as ``speedup_spread`` (None likewise).
+        device: (original, compressed) device-time statistics (ms), or None on the host basis.
+        device_round_medians: per round, (original, compressed) device-time medians in ms (empty on host).
+        first_call_ms: host ms of the untimed first call at this batch, per model, for runners with
+            ``setup_on_first_call`` (None for the others); None when neither has it.
     """
 
     batch: int
@@ -195,21 +132,36 @@ class PairedLatency:
     round_size: int
     round_medians: tuple[tuple[float, float], ...]
     warmup_calls: tuple[int, int]
+    speedup_basis: str = "host"
+    host_speedup: float | None = None
+    host_speedup_spread: tuple[float, float] | None = None
+    device: tuple[LatencyStats, LatencyStats] | None = None
+    device_round_medians: tuple[tuple[float, float], ...] = ()
+    first_call_ms: tuple[float | None, float | None] | None = None
 
     @property
     def p50_ratio(self) -> float:
-        """Original p50 / compressed p50 over all timed runs (×); NaN when the compressed p50 is 0."""
+        """Original p50 / compressed p50 over all timed runs (×, host time); NaN when the compressed p50 is 0."""
         return p50_ratio(self.original, self.compressed)
+
+    @property
+    def device_p50_ratio(self) -> float:
+        """Original / compressed p50 of the device times (×); NaN without device times."""
+        return p50_ratio(self.device[0], self.device[1]) if self.device is not None else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the pairing (``round_medians`` stays out: hundreds of numbers per batch).
 
-        Keys: ``original`` and ``compressed`` (see `LatencyStats.to_dict`), ``speedup`` (×, what the
-        ``min_speedup`` gate uses), ``speedup_spread`` ([low, high]), ``rounds``, ``p50_ratio`` (×, original
-        p50 / compressed p50), ``speedup_method`` (`SPEEDUP_METHOD`), ``order`` (``"ABBA"``), ``round_size``
-        and ``warmup_calls`` ([original, compressed]).
+        Keys: ``original`` and ``compressed`` (host time, see `LatencyStats.to_dict`), ``speedup`` (×, what
+        the ``min_speedup`` gate uses), ``speedup_spread`` ([low, high]), ``rounds``, ``p50_ratio`` (×, original
+        p50 / compressed p50, host time), ``speedup_method`` (`SPEEDUP_METHOD`), ``order`` (``"ABBA"``),
+        ``round_size`` and ``warmup_calls`` ([original, compressed]). On the host basis that is all (the
+        keys every CPU measurement has always had). On the device basis it adds ``speedup_basis``
+        (``"device"``), ``host_speedup`` and ``host_speedup_spread`` (the same pairing on host times) and
+        ``device`` = ``{"original": stats, "compressed": stats, "p50_ratio": ×}`` (ms); ``first_call_ms``
+        ([original, compressed], ms or None) appears whenever a runner had an untimed setup call.
         """
-        return {
+        out: dict[str, Any] = {
             "original": self.original.to_dict(),
             "compressed": self.compressed.to_dict(),
             "speedup": self.speedup,
@@ -221,17 +173,44 @@ class PairedLatency:
             "round_size": self.round_size,
             "warmup_calls": [self.warmup_calls[0], self.warmup_calls[1]],
         }
+        if self.speedup_basis == "device" and self.device is not None:
+            host_spread = self.host_speedup_spread or (math.nan, math.nan)
+            out.update({
+                "speedup_basis": "device",
+                "host_speedup": self.host_speedup,
+                "host_speedup_spread": [host_spread[0], host_spread[1]],
+                "device": {"original": self.device[0].to_dict(), "compressed": self.device[1].to_dict(),
+                           "p50_ratio": self.device_p50_ratio},
+            })
+        if self.first_call_ms is not None:
+            out["first_call_ms"] = [self.first_call_ms[0], self.first_call_ms[1]]
+        return out
 
 
-def _timed_calls(runner: _Runner, batch: np.ndarray, calls: int, out: list[int]) -> list[int]:
-    """Run ``calls`` inferences, appending each one's duration (ns) to ``out``; returns this round's ns."""
-    this_round = []
+def _timed_calls(runner: _Runner, batch: np.ndarray, calls: int, out: list[int],
+                 device_out: list[float | None] | None = None) -> tuple[list[int], list[float | None]]:
+    """Run ``calls`` inferences, appending each one's host duration (ns) to ``out``.
+
+    With ``device_out`` the runner's ``infer_timed`` is called instead of ``infer`` (the host clock spans
+    the same call) and each call's device time (ms, or None) is appended there. Returns this round's
+    (host ns, device ms) lists.
+    """
+    this_round: list[int] = []
+    this_device: list[float | None] = []
     for _ in range(calls):
-        start = _now_ns()
-        runner.infer(batch)
-        this_round.append(_now_ns() - start)
+        if device_out is None:
+            start = _now_ns()
+            runner.infer(batch)
+            this_round.append(_now_ns() - start)
+        else:
+            start = _now_ns()
+            _, device_ms = runner.infer_timed(batch)  # type: ignore[attr-defined]
+            this_round.append(_now_ns() - start)
+            this_device.append(device_ms)
     out.extend(this_round)
-    return this_round
+    if device_out is not None:
+        device_out.extend(this_device)
+    return this_round, this_device
 
 
 def _order(round_index: int) -> tuple[int, int]:
@@ -260,6 +239,26 @@ def _warm_up(runners: tuple[_Runner, _Runner], batch: np.ndarray, seconds: float
             return calls[0], calls[1]
 
 
+def _first_calls(runners: tuple[_Runner, _Runner], batch: np.ndarray) -> tuple[float | None, float | None] | None:
+    """One untimed call at this batch for each runner with ``setup_on_first_call`` (original first).
+
+    Returns each such call's host ms (None for runners without setup), or None when neither runner has it,
+    so CPU measurements run exactly the calls they always did.
+    """
+    flags = [bool(getattr(r, "setup_on_first_call", False)) for r in runners]
+    if not any(flags):
+        return None
+    spent: list[float | None] = []
+    for runner, flag in zip(runners, flags, strict=True):
+        if flag:
+            start = _now_ns()
+            runner.infer(batch)
+            spent.append((_now_ns() - start) / 1e6)
+        else:
+            spent.append(None)
+    return spent[0], spent[1]
+
+
 def _check_batch(runner: Any, role: str, n: int) -> None:
     fixed = getattr(runner, "fixed_batch", None)
     if fixed is not None and fixed != n:
@@ -281,15 +280,23 @@ def measure_paired(
 ) -> PairedLatency:
     """Time two loaded runners on the same input, interleaved in ABBA order, and derive a drift-robust speedup.
 
-    Warm-up: single untimed inferences alternating A B, B A, ... until each runner has spent ``warmup_s``
-    seconds in ``infer`` (at least one call each). Then timed rounds of ``round_size`` inferences per model:
-    round 1 original then compressed, round 2 compressed then original, and so on, until each model has at
-    least ``iterations`` timed runs, at least ``duration_s`` seconds have passed since timing started, and
-    the number of rounds is even. Garbage collection is paused while timing so that a collection does not
-    land in one model's half of a round.
+    Setup: a runner with ``setup_on_first_call`` (GPU: engine build, cuDNN autotuning at a new shape) first
+    gets one untimed call at this batch, reported as ``first_call_ms`` and not counted below. Warm-up:
+    single untimed inferences alternating A B, B A, ... until each runner has spent ``warmup_s`` seconds in
+    ``infer`` (at least one call each). Then timed rounds of ``round_size`` inferences per model: round 1
+    original then compressed, round 2 compressed then original, and so on, until each model has at least
+    ``iterations`` timed runs, at least ``duration_s`` seconds have passed since timing started, and the
+    number of rounds is even. Garbage collection is paused while timing so that a collection does not land
+    in one model's half of a round.
+
+    When both runners have ``device_timing``, the timed calls go through ``infer_timed`` and each also
+    yields a device time; if every call gave one, ``speedup`` / ``speedup_spread`` come from the device
+    times (``speedup_basis`` "device", ``device`` statistics), and the host-time pairing is kept as
+    ``host_speedup`` / ``host_speedup_spread``. Otherwise everything is host time, as for CPU runners.
 
     Args:
-        original: loaded runner of the reference model (``infer(np.ndarray (N, C, H, W) float32) -> (N, K)``).
+        original: loaded runner of the reference model (``infer(np.ndarray (N, C, H, W) float32) -> (N, K)``;
+            optionally ``device_timing``, ``infer_timed``, ``setup_on_first_call`` as `tdexport.runtime.Runner`).
         compressed: loaded runner of the compressed model, same interface.
         batch_input: the input batch, shape (N, C, H, W); converted once to contiguous float32.
         warmup_s: untimed warm-up per runner, seconds spent in ``infer`` (at least one inference each).
@@ -299,7 +306,8 @@ def measure_paired(
         progress: optional callback ``progress(rounds_done, elapsed_s)`` called after every round.
 
     Returns:
-        `PairedLatency` at batch N, latencies in ms per batch, throughput in images/s.
+        `PairedLatency` at batch N, latencies in ms per batch (host and, on the device basis, device),
+        throughput in images/s.
 
     Raises:
         UsageError: a non-positive ``iterations`` / ``round_size``, a negative time, an input that is not
@@ -317,11 +325,15 @@ def measure_paired(
     _check_batch(original, "original", n)
     _check_batch(compressed, "compressed", n)
     runners = (original, compressed)
+    use_device = all(bool(getattr(r, "device_timing", False)) for r in runners)
 
+    first_call_ms = _first_calls(runners, batch)
     warmup_calls = _warm_up(runners, batch, warmup_s)
 
     times: tuple[list[int], list[int]] = ([], [])
+    device_times: tuple[list[float | None], list[float | None]] = ([], [])
     medians: list[tuple[float, float]] = []
+    device_medians: list[tuple[float, float]] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -330,9 +342,14 @@ def measure_paired(
         min_ns = int(duration_s * 1e9)
         while True:
             this_round: list[list[int]] = [[], []]
+            this_device: list[list[float | None]] = [[], []]
             for i in _order(len(medians)):
-                this_round[i] = _timed_calls(runners[i], batch, round_size, times[i])
+                this_round[i], this_device[i] = _timed_calls(runners[i], batch, round_size, times[i],
+                                                             device_times[i] if use_device else None)
             medians.append((statistics.median(this_round[0]), statistics.median(this_round[1])))
+            if use_device and all(v is not None for half in this_device for v in half):
+                device_medians.append((float(statistics.median(this_device[0])),
+                                       float(statistics.median(this_device[1]))))
             elapsed = _now_ns() - start
             if progress is not None:
                 progress(len(medians), elapsed / 1e9)
@@ -343,28 +360,32 @@ def measure_paired(
             gc.enable()
 
     round_ms = tuple((a / 1e6, b / 1e6) for a, b in medians)
-    # A zero-length median only happens with a clock coarser than the call; that round has no ratio.
-    ratios = [a / b for a, b in round_ms if b > 0]
-    if ratios:
-        ordered = sorted(ratios)
-        speedup = float(statistics.median(ratios))
-        if len(ordered) >= _MIN_ROUNDS_FOR_PERCENTILE_SPREAD:
-            spread = (_percentile(ordered, 10), _percentile(ordered, 90))
-        else:
-            spread = (ordered[0], ordered[-1])
-    else:
-        speedup, spread = math.nan, (math.nan, math.nan)
-    return PairedLatency(
-        batch=n,
-        original=latency_stats([t / 1e6 for t in times[0]], n),
-        compressed=latency_stats([t / 1e6 for t in times[1]], n),
-        speedup=speedup,
-        speedup_spread=(float(spread[0]), float(spread[1])),
-        rounds=len(medians),
-        round_size=round_size,
-        round_medians=round_ms,
-        warmup_calls=warmup_calls,
-    )
+    host_speedup, host_spread = _ratio_summary(round_ms)
+    result = {
+        "batch": n,
+        "original": latency_stats([t / 1e6 for t in times[0]], n),
+        "compressed": latency_stats([t / 1e6 for t in times[1]], n),
+        "speedup": host_speedup,
+        "speedup_spread": host_spread,
+        "rounds": len(medians),
+        "round_size": round_size,
+        "round_medians": round_ms,
+        "warmup_calls": warmup_calls,
+        "host_speedup": host_speedup,
+        "host_speedup_spread": host_spread,
+        "first_call_ms": first_call_ms,
+    }
+    # The device basis needs a device time for every timed call of both runners.
+    if use_device and len(device_medians) == len(medians):
+        device_speedup, device_spread = _ratio_summary(device_medians)
+        result.update(
+            speedup=device_speedup,
+            speedup_spread=device_spread,
+            speedup_basis="device",
+            device=(latency_stats(device_times[0], n), latency_stats(device_times[1], n)),  # type: ignore[arg-type]
+            device_round_medians=tuple(device_medians),
+        )
+    return PairedLatency(**result)
 
 
 def pin_threads(n: int | None) -> dict[str, Any]:
