@@ -149,6 +149,10 @@ def validate_into(
     export_parity_limit: float = 1e-4,
     progress: bool = True,
     notes: Sequence[str] = (),
+    precisions: Sequence[str] = ("fp32",),
+    calib_data: str | None = None,
+    calib_size: int = 256,
+    int8_target: str = "trt",
 ) -> dict[str, Any]:
     """Export what needs exporting, measure both models, write the report into ``out`` (an existing folder).
 
@@ -175,6 +179,12 @@ def validate_into(
         export_parity_limit: parity an export must meet to be written at all (exit 3 before any report).
         progress: progress messages on stderr.
         notes: warnings from earlier stages, listed first in the report.
+        precisions: ``fp32`` (always measured, the reference) plus ``fp16`` / ``int8``: both models are also
+            converted (``LABEL.PRECISION.onnx``) and judged against their fp32 selves
+            (`tdexport.validate.reduced`); ``max_acc_drop`` then also holds for every precision.
+        calib_data: data spec of the int8 calibration images (default: ``data``, its train split).
+        calib_size: calibration images for int8.
+        int8_target: ``trt`` (TensorRT's symmetric Q/DQ) or ``cpu`` (ONNX Runtime's uint8 activations).
 
     Returns:
         The report dict (also written as report.json).
@@ -209,6 +219,15 @@ def validate_into(
         bundle = _load_checked_data(data, shape, widths)
         loader = make_loader(bundle.test, batch_size=64, train=False)
     inputs = _sample_inputs(loader, shape, PARITY_SAMPLES)
+    from .validate.reduced import parse_precisions
+
+    precisions = parse_precisions(list(precisions))
+    reduced = len(precisions) > 1
+    if reduced and not any(b != "torch" for b in backends):
+        raise UsageError(f"--precision {','.join(precisions[1:])} runs ONNX models: add an ONNX backend "
+                         "(e.g. --backend ort-cpu)")
+    if "int8" in precisions and calib_data is None and data is None:
+        raise UsageError("--precision int8 needs calibration images: pass --calib-data SPEC (or --data)")
     for art in arts:
         if art.onnx is None and art.module is not None and any(b != "torch" for b in backends):
             say(f"exporting {art.label} to ONNX …")
@@ -235,9 +254,22 @@ def validate_into(
                 x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
                 latency[backend][batch] = measure_paired(runners[0], runners[1], x, warmup_s=warmup,
                                                          iterations=iterations, duration_s=duration)
+    precision_block = None
+    if reduced:
+        precision_block = _reduced_precisions(arts, out, precisions, backends, batches, loader, inputs, accuracy,
+                                              data=data, calib_data=calib_data, calib_size=calib_size,
+                                              int8_target=int8_target, threads=threads, limit=limit,
+                                              classes=classes, bundle=bundle, timing=(warmup, iterations, duration),
+                                              say=say)
     values = headline_values(accuracy=accuracy, latency=latency, parity=parity or None)
+    acc_drop = values["acc_drop"]
+    from .validate.reduced import precision_acc_drop
+
+    worst = precision_acc_drop(precision_block)
+    if worst is not None and (acc_drop is None or worst[0] > acc_drop):
+        acc_drop = worst[0]
     gates = evaluate_gates(max_acc_drop=max_acc_drop, min_speedup=min_speedup, max_parity_err=max_parity_err,
-                           acc_drop=values["acc_drop"], speedup=values["speedup"], parity_err=values["parity_err"])
+                           acc_drop=acc_drop, speedup=values["speedup"], parity_err=values["parity_err"])
     note = None if loader is not None else "no --data given: accuracy not measured"
     report = build_report(
         plan=compressed.plan, params=(original.params, compressed.params), macs=(original.macs, compressed.macs),
@@ -246,11 +278,48 @@ def validate_into(
         parity_inputs=(f"the first {len(inputs)} test images of {bundle.name}" if bundle is not None
                        else f"{len(inputs)} seeded N(0, 1) images"),
         latency=latency, gates=gates, warnings=list(notes), environment=environment_info(threads=pinned, backends=used),
+        precision=precision_block,
     )
     write_report(report, out, plan=compressed.plan)
     print(headline_table(report))
     raise_if_failed(gates)
     return report
+
+
+def _reduced_precisions(arts: Sequence[Artifact], out: Path, precisions: Sequence[str], backends: Sequence[str],
+                        batches: Sequence[int], loader: Any, inputs: torch.Tensor, accuracy: Any, *,
+                        data: str | None, calib_data: str | None, calib_size: int, int8_target: str,
+                        threads: int | None, limit: int | None, classes: Any, bundle: Any,
+                        timing: tuple[float, int, float], say: Callable[[str], None]) -> dict[str, Any]:
+    """Convert both fp32 ONNX files to each reduced precision and measure them (`tdexport.validate.reduced`)."""
+    from .export.precision import calibration_batches
+    from .runtime import make_runner
+    from .validate.accuracy import evaluate
+    from .validate.latency import measure_paired
+    from .validate.reduced import convert_models, measure_precisions
+
+    shape = arts[1].input_shape
+    files = {a.label: a.onnx for a in arts}
+    spec = calib_data or data
+    calibration = None
+    if spec is not None:
+        def calibration():
+            return calibration_batches(spec, calib_size, input_shape=shape)
+    converted = convert_models(files, out, precisions, calibration=calibration, int8_target=int8_target, say=say)
+    evaluate_fn = None
+    if loader is not None:
+        def evaluate_fn(runner):
+            return evaluate(runner, loader, limit=limit, classes=classes, expected_classes=bundle.num_classes)
+    warmup, iterations, duration = timing
+
+    def latency_fn(a, b, batch):
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        return measure_paired(a, b, x, warmup_s=warmup, iterations=iterations, duration_s=duration).to_dict()
+
+    return measure_precisions(converted, files, backends, make_runner=make_runner, evaluate_fn=evaluate_fn,
+                              latency_fn=latency_fn, batches=batches, loader=loader,
+                              fallback_inputs=inputs.numpy(), fp32_accuracy=accuracy, threads=threads,
+                              int8_target=int8_target, say=say)
 
 
 def _parity_vs_torch(art: Artifact, runner: Any, inputs: torch.Tensor):

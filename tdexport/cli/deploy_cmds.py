@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from ..errors import UsageError
 from .options import (
     FORMAT_CHOICES,
     RANK_HELP,
+    export_precision_options,
     layer_selection_options,
     num_classes_option,
     overwrite_option,
@@ -36,8 +38,10 @@ __all__ = ["export", "validate", "compress_and_export"]
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (refused otherwise, exit 2).")
 @weights_option("default")
 @num_classes_option
+@export_precision_options
 def export(target: str, out: Path, opset: int, batch: int | None, no_simplify: bool, max_parity_err: float,
-           overwrite: bool, weights: str, num_classes: int | None) -> None:
+           overwrite: bool, weights: str, num_classes: int | None, precision: str, calib_data: str | None,
+           calib_size: int, int8_target: str) -> None:
     """Export TARGET (a checkpoint DIR or a zoo MODEL) to ONNX with standard operators only.
 
     Input 'input' (N, C, H, W), output 'logits'; BatchNorm folded; checked with onnx.checker; parity
@@ -53,14 +57,48 @@ def export(target: str, out: Path, opset: int, batch: int | None, no_simplify: b
     art = resolve(target, label="compressed", weights=weights, num_classes=num_classes)
     if art.module is None:
         raise UsageError(f"{target} is already an ONNX file")
-    res = export_onnx(art.module, out, input_shape=art.input_shape, opset=opset, batch=batch,
-                      simplify=not no_simplify, max_parity_err=max_parity_err)
+    from ..export.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8" and calib_data is None:
+        raise UsageError("--precision int8 needs --calib-data SPEC (e.g. digits, imagenet:DIR) for calibration")
+    with tempfile.TemporaryDirectory(prefix="tdexport-export-") as tmp:
+        fp32_path = out if precision == "fp32" else Path(tmp) / "fp32.onnx"
+        res = export_onnx(art.module, fp32_path, input_shape=art.input_shape, opset=opset, batch=batch,
+                          simplify=not no_simplify, max_parity_err=max_parity_err)
+        if precision != "fp32":
+            _convert_export(fp32_path, out, precision, art.input_shape, calib_data, calib_size, int8_target)
     p = res.parity
     click.echo(f"wrote {res.path} (opset {res.opset}, {res.exporter} exporter, "
                f"{'dynamic' if res.dynamic_batch else 'fixed'} batch, simplified: {res.simplified})")
     click.echo(f"parity vs torch: rel L2 {p.rel_l2_err:.2e}, max abs {p.max_abs_err:.2e}, cosine {p.cosine:.6f}, "
                f"top-1 agreement {100 * p.top1_agreement:.1f}%")
     click.echo(f"ops: {', '.join(res.op_types)}")
+
+
+def _convert_export(fp32_path: Path, out: Path, precision: str, input_shape, calib_data: str | None,
+                    calib_size: int, int8_target: str) -> None:
+    """Write ``out`` at ``precision`` from the fp32 export and print how it agrees with fp32."""
+    import numpy as np
+
+    from ..export.precision import agreement, calibration_batches, convert
+    from ..runtime import OrtRunner
+
+    calibration = (calibration_batches(calib_data, calib_size, input_shape=input_shape)
+                   if precision == "int8" else None)
+    result = convert(fp32_path, out, precision, calibration=calibration, int8_target=int8_target)
+    images = (next(iter(calibration_batches(calib_data, min(calib_size, 64), input_shape=input_shape, seed=1)))
+              if calib_data else np.random.default_rng(0).standard_normal((8, *input_shape)).astype(np.float32))
+    with OrtRunner(fp32_path) as ref, OrtRunner(out) as low:
+        fixed = ref.fixed_batch
+        if fixed is not None:
+            images = np.resize(images, (fixed, *images.shape[1:]))
+        a = agreement(ref.infer(images), low.infer(images))
+    click.echo(f"{precision}: {result.quantize_nodes} QuantizeLinear, {result.cast_nodes} Cast nodes"
+               + (f", int8 target {int8_target}" if precision == "int8" else ""))
+    click.echo(f"{precision} vs fp32 on ONNX Runtime CPU ({a['samples']} images): top-1 agreement "
+               f"{100 * a['top1_agreement']:.1f}%, logits cosine {a['cosine']:.6f}")
 
 
 @click.command()

@@ -204,10 +204,41 @@ def validate_options(func):
                           "PyTorch fp32 eager logits of the same model on the same inputs by more than E (relative "
                           "L2). Judged after the report is written; exports always require 1e-4 on ONNX Runtime "
                           "CPU first."),
+        *precision_options(several=True),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def export_precision_options(func):
+    """`precision_options` for ``export``: one precision."""
+    for option in reversed(precision_options(several=False)):
+        func = option(func)
+    return func
+
+
+def precision_options(*, several: bool) -> list:
+    """The options ``--precision``, ``--calib-data``, ``--calib-size`` and ``--int8-target``.
+
+    ``several``: validation takes a list of precisions; export writes one.
+    """
+    what = ("Comma-separated precisions to judge: fp32 (always measured, the reference), fp16, int8. Reduced "
+            "precisions are written into the ONNX (LABEL.fp16.onnx, LABEL.int8.onnx) and judged by accuracy, "
+            "top-1 agreement and logits cosine against fp32; --max-acc-drop holds for each. Their latency is "
+            "measured on GPU backends only." if several else
+            "Precision written into the ONNX file: fp32; fp16 (casts, sensitive ops kept fp32, fp32 input and "
+            "output); int8 (Q/DQ, static calibration on --calib-data). TensorRT 11 builds exactly this precision.")
+    return [
+        click.option("--precision", "precision", default="fp32", show_default=True, help=what),
+        click.option("--calib-data", default=None,
+                     help="Data spec of the int8 calibration images (train split) [default: --data]."),
+        click.option("--calib-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Number of int8 calibration images."),
+        click.option("--int8-target", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
+                     help="int8 layout: trt = TensorRT's symmetric int8 Q/DQ on Conv/Gemm inputs (what a TensorRT "
+                          "engine fuses); cpu = ONNX Runtime CPU's uint8 activations (faster there)."),
+    ]
 
 
 def int_list(text: str, what: str) -> list[int]:
@@ -230,6 +261,7 @@ def _finite(value: float | None, option: str) -> float | None:
 def validate_kwargs(kw: dict) -> dict:
     """Pop the `validate_options` values as `tdexport.pipeline.validate_into` keyword arguments."""
     from ..runtime import BACKENDS
+    from ..validate.reduced import parse_precisions
 
     backends = [b.strip() for b in kw.pop("backends").split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
@@ -249,4 +281,6 @@ def validate_kwargs(kw: dict) -> dict:
             "threads": kw.pop("threads"), "limit": kw.pop("limit"), "opset": kw.pop("opset"),
             "simplify": not kw.pop("no_simplify"),
             "max_acc_drop": _finite(kw.pop("max_acc_drop"), "--max-acc-drop"),
-            "min_speedup": min_speedup, "max_parity_err": max_parity_err}
+            "min_speedup": min_speedup, "max_parity_err": max_parity_err,
+            "precisions": parse_precisions(kw.pop("precision")), "calib_data": kw.pop("calib_data"),
+            "calib_size": kw.pop("calib_size"), "int8_target": kw.pop("int8_target")}

@@ -215,6 +215,7 @@ def render_markdown(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any
         out += ["No gates requested.", ""]
 
     out += _parity_section(report)
+    out += _precision_section(report.get("precision"))
 
     out += ["## Warnings", ""]
     out += [f"- {w}" for w in report.get("warnings") or []] or ["None."]
@@ -267,4 +268,29 @@ def _target_section(target: Mapping[str, Any] | None) -> list[str]:
         rows.append((f"measured by validate on {where}", f"{target['measured_speedup']:.2f}x"))
     if rows:
         out += _md_table(("whole-model speedup", "value"), rows)
+    return out
+
+
+def _precision_section(block: Mapping[str, Any] | None) -> list[str]:
+    """Reduced precisions beside fp32: accuracy, agreement with fp32, logits cosine (and GPU latency)."""
+    if not block:
+        return []
+    out = ["## Precision", "", f"{block['note'][:1].upper()}{block['note'][1:]}. Agreement on "
+                               f"{block['agreement_inputs']}.", ""]
+    rows = []
+    for precision, entry in block.items():
+        if not isinstance(entry, Mapping) or "backends" not in entry:
+            continue
+        name = precision + (f" ({entry['int8_target']})" if entry.get("int8_target") else "")
+        for backend, result in entry["backends"].items():
+            for label in ("original", "compressed"):
+                side = result[label]
+                latency = result.get("latency") or {}
+                speed = ", ".join(f"b{b} {_num(v.get('speedup'), '.2f', '×')}" for b, v in latency.items()) or "-"
+                rows.append((name, backend, label, _num(side.get("top1"), ".2f", " %"),
+                             _num(100 * side["top1_agreement"], ".2f", " %"), _num(side["cosine"], ".6f"),
+                             _num(result.get("top1_drop"), ".2f") if label == "compressed" else "",
+                             speed if label == "compressed" else ""))
+    out += _md_table(("precision", "backend", "model", "top-1", "top-1 agreement with fp32", "logits cosine",
+                      "top-1 drop vs original fp32 (pts)", "speedup at this precision"), rows)
     return out

@@ -127,6 +127,10 @@ def _latency_blocks(latency: Mapping[str, Mapping[Any, Any]] | None) -> dict[str
                 "round_size": block.get("round_size"),
                 "warmup_calls": list(warmup) if warmup is not None else None,
             }
+            # GPU runners time on the device too (`measure_paired`): keep that basis and the host figures.
+            for key in ("speedup_basis", "host_speedup", "host_speedup_spread", "device", "first_call_ms"):
+                if block.get(key) is not None:
+                    out[backend][str(int(batch))][key] = block[key]
     return out
 
 
@@ -267,6 +271,7 @@ def build_report(
     warnings: Sequence[str] = (),
     headline: tuple[str, int] | None = None,
     created: datetime | None = None,
+    precision: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dict (schema version 2) from plain measurements; writes nothing.
 
@@ -294,6 +299,8 @@ def build_report(
         warnings: warnings from earlier stages (e.g. a backend that was skipped), listed first.
         headline: (backend, batch) of the headline speedup; default see `headline_values`.
         created: timestamp (UTC); default now.
+        precision: reduced-precision results (`tdexport.validate.reduced.measure_precisions`); None when only
+            fp32 was measured.
 
     Returns:
         A JSON-ready dict with keys ``schema_version`` (2), ``created`` (UTC ISO 8601), ``environment`` (see
@@ -309,7 +316,8 @@ def build_report(
         (list of str), ``gates`` (``{name: {limit, value, passed}}``), ``gates_passed`` (bool, or None
         without gates), ``units``, ``layers`` (the per-layer table, with ``dense_ms`` / ``chain_ms`` measured on
         the plan's target) and ``target`` (`tdexport.validate.speed_report.target_block`; None when the plan
-        had no target). Non-finite floats become None.
+        had no target), ``precision`` (fp16 / int8 results beside fp32, see `tdexport.validate.reduced`; None
+        when only fp32 was measured). Non-finite floats become None.
 
     Raises:
         ValueError: ``parity`` has a ``torch`` entry (it is the reference) or a backend entry with keys
@@ -372,5 +380,6 @@ def build_report(
                   "speedup": "x (original / compressed)"},
         "layers": layer_rows(plan_data),
         "target": target_block(plan_data, layer_rows(plan_data), latency_out),
+        "precision": dict(precision) if precision else None,
     }
     return _clean(report)
