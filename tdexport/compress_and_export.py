@@ -161,9 +161,10 @@ def compress_and_export(
             say("compressing …")
             from .api import classifier_width
 
+            served = next((p for p in ("int8", "fp16") if p in (validate_options.get("precisions") or ())), "fp32")
             result = planner.compress(original, format=format, rank=rank, input_shape=info.input_shape,
                                       model_name=model, num_classes=num_classes or classifier_width(original),
-                                      **(compress_options or {}))
+                                      precision=served, **(compress_options or {}))
             result.plan.options["weights"] = weights
             checkpoint.write_files(stage, result.model, plan=result.plan)
             state = {"stage": "compressed", "model": model, "weights": weights, "num_classes": num_classes,

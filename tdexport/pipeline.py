@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,30 @@ def _export(art: Artifact, out: Path, *, opset: int, simplify: bool, parity_inpu
     art.onnx = path
 
 
-def _artifact_for(art: Artifact, backend: str):
+def _artifact_for(art: Artifact, backend: str, engines: Mapping[str, Mapping[int, Path]] | None = None):
+    if backend == "trt" and engines is not None:
+        per_batch = engines[art.label]
+        return per_batch[max(per_batch)]  # tuned for the largest latency batch; runs accuracy and parity
     if backend == "torch":
         if art.module is None:
             raise UsageError(f"backend torch needs a torch model, but {art.label} is an ONNX file ({art.source})")
         return art.module
     return art.onnx
+
+
+def _batch_runners(backend: str, batch: int, runners: Sequence[Any], arts: Sequence[Artifact],
+                   engines: Mapping[str, Mapping[int, Path]] | None, threads: int | None,
+                   stack: contextlib.ExitStack) -> Sequence[Any]:
+    """The runners timing ``batch``: on trt the engines tuned for that batch, else the backend's runners."""
+    from .runtime import make_runner
+
+    if backend != "trt" or engines is None:
+        return runners
+    paths = [engines[a.label].get(batch) for a in arts]
+    current = [_artifact_for(a, backend, engines) for a in arts]
+    if any(p is None for p in paths) or paths == current:
+        return runners
+    return [stack.enter_context(make_runner("trt", p, threads=threads)) for p in paths]
 
 
 def _latency_batches(batch_sizes: Sequence[int] | None, arts: Sequence[Artifact]) -> list[int]:
@@ -234,8 +252,14 @@ def validate_into(
             _export(art, out, opset=opset, simplify=simplify, parity_inputs=inputs, max_parity_err=export_parity_limit)
     accuracy, latency, parity, used = ({} if loader is not None else None), {}, {}, {}
     classes = bundle.classes_present if bundle is not None else None
+    engines = None
+    if "trt" in backends:
+        from .engine import run_engines
+
+        # Engine files in the run folder, one per model and latency batch (tuned for it), reused when current.
+        engines = run_engines({a.label: a.onnx for a in arts}, out, batches, say=say)
     for backend in backends:
-        runners = [make_runner(backend, _artifact_for(a, backend), threads=threads) for a in arts]
+        runners = [make_runner(backend, _artifact_for(a, backend, engines), threads=threads) for a in arts]
         with contextlib.ExitStack() as stack:
             for r in runners:  # loading raises BackendUnavailable (exit 4) naming what is missing
                 stack.enter_context(r)
@@ -252,11 +276,15 @@ def validate_into(
             for batch in batches:
                 say(f"[{backend}] latency at batch {batch} …")
                 x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-                latency[backend][batch] = measure_paired(runners[0], runners[1], x, warmup_s=warmup,
-                                                         iterations=iterations, duration_s=duration)
+                with contextlib.ExitStack() as per_batch:
+                    pair = _batch_runners(backend, batch, runners, arts, engines, threads, per_batch)
+                    latency[backend][batch] = measure_paired(pair[0], pair[1], x, warmup_s=warmup,
+                                                             iterations=iterations, duration_s=duration)
     precision_block = None
     if reduced:
-        precision_block = _reduced_precisions(arts, out, precisions, backends, batches, loader, inputs, accuracy,
+        from .validate.reduced import judge_precisions
+
+        precision_block = judge_precisions(arts, out, precisions, backends, batches, loader, inputs, accuracy,
                                               data=data, calib_data=calib_data, calib_size=calib_size,
                                               int8_target=int8_target, threads=threads, limit=limit,
                                               classes=classes, bundle=bundle, timing=(warmup, iterations, duration),
@@ -284,42 +312,6 @@ def validate_into(
     print(headline_table(report))
     raise_if_failed(gates)
     return report
-
-
-def _reduced_precisions(arts: Sequence[Artifact], out: Path, precisions: Sequence[str], backends: Sequence[str],
-                        batches: Sequence[int], loader: Any, inputs: torch.Tensor, accuracy: Any, *,
-                        data: str | None, calib_data: str | None, calib_size: int, int8_target: str,
-                        threads: int | None, limit: int | None, classes: Any, bundle: Any,
-                        timing: tuple[float, int, float], say: Callable[[str], None]) -> dict[str, Any]:
-    """Convert both fp32 ONNX files to each reduced precision and measure them (`tdexport.validate.reduced`)."""
-    from .export.precision import calibration_batches
-    from .runtime import make_runner
-    from .validate.accuracy import evaluate
-    from .validate.latency import measure_paired
-    from .validate.reduced import convert_models, measure_precisions
-
-    shape = arts[1].input_shape
-    files = {a.label: a.onnx for a in arts}
-    spec = calib_data or data
-    calibration = None
-    if spec is not None:
-        def calibration():
-            return calibration_batches(spec, calib_size, input_shape=shape)
-    converted = convert_models(files, out, precisions, calibration=calibration, int8_target=int8_target, say=say)
-    evaluate_fn = None
-    if loader is not None:
-        def evaluate_fn(runner):
-            return evaluate(runner, loader, limit=limit, classes=classes, expected_classes=bundle.num_classes)
-    warmup, iterations, duration = timing
-
-    def latency_fn(a, b, batch):
-        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-        return measure_paired(a, b, x, warmup_s=warmup, iterations=iterations, duration_s=duration).to_dict()
-
-    return measure_precisions(converted, files, backends, make_runner=make_runner, evaluate_fn=evaluate_fn,
-                              latency_fn=latency_fn, batches=batches, loader=loader,
-                              fallback_inputs=inputs.numpy(), fp32_accuracy=accuracy, threads=threads,
-                              int8_target=int8_target, say=say)
 
 
 def _parity_vs_torch(art: Artifact, runner: Any, inputs: torch.Tensor):

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import budget_plan
 from . import layers as L
-from .cost import CostCache, Target, auto_round_to
+from .cost import CostCache, Target, auto_round_to, tensorrt_alignment
 from .errors import DecompositionError, UsageError
 from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
 from .factor.cp import cp_als
@@ -213,6 +213,7 @@ def compress(
     target: str | Target | None = None,
     cost_cache: CostCache | None = None,
     say: Callable[[str], Any] | None = None,
+    precision: str = "fp32",
 ) -> Compressed:
     """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
 
@@ -246,6 +247,8 @@ def compress(
         cost_cache: where layer timings are cached (default the user cache; ``CostCache(enabled=False)``
             measures afresh).
         say: progress messages of the ``latency:`` search.
+        precision: the precision the model will be served in (``fp32``, ``fp16``, ``int8``); with a TensorRT
+            target, ``round_to="auto"`` then takes TensorRT's tensor-core multiple (8 / 32) instead of measuring.
 
     Returns:
         `Compressed` with the new model and its `Plan`.
@@ -277,7 +280,9 @@ def compress(
         if costs is None:
             raise UsageError("--round-to auto measures which multiple runs best on the target: give --target "
                              "BACKEND[:BATCH]")
-        round_to, options["round_to_auto"] = auto_round_to(costs.target, cache=costs.cache, progress=costs.progress)
+        rule = tensorrt_alignment(costs.target.backend, precision)
+        round_to, options["round_to_auto"] = rule or auto_round_to(costs.target, cache=costs.cache,
+                                                                   progress=costs.progress)
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise UsageError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
     spectra: dict[str, _Spectra] = {}

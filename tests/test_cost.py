@@ -366,3 +366,11 @@ def test_chain_macs_formula_equals_counting_the_chain(geometry, method):
         counted = chain_cost(structure_for(method, geometry.dummy(), ranks), in_hw=geometry.in_hw,
                              tokens=geometry.tokens)[1]
         assert chain_macs(geometry, method, ranks) == counted
+
+
+def test_round_to_auto_on_tensorrt_follows_the_tensor_core_rule():
+    from tdexport.cost import tensorrt_alignment
+
+    assert tensorrt_alignment("trt", "fp16")[0] == 8 and tensorrt_alignment("ort-trt", "int8")[0] == 32
+    assert tensorrt_alignment("trt", "int8")[1]["chosen"] == 32
+    assert tensorrt_alignment("trt", "fp32") is None and tensorrt_alignment("ort-cpu", "int8") is None

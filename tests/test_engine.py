@@ -414,6 +414,28 @@ def test_engine_is_current_only_when_everything_matches(fake_trt, dyn_onnx, tmp_
     assert not engine.engine_is_current(out, dyn_onnx, **args)
 
 
+def test_run_engines_one_per_model_and_latency_batch_reused_when_current(fake_trt, dyn_onnx, static_onnx,
+                                                                          tmp_path):
+    fake_trt("11.1.0")
+    out = tmp_path / "run"
+    out.mkdir()
+    messages = []
+    engines = engine.run_engines({"original": dyn_onnx, "compressed": static_onnx}, out, [1, 8], max_batch=64,
+                                 say=messages.append)
+    fixed = engine.inspect_onnx(static_onnx).input_shape[0]
+    assert engines == {"original": {1: out / "original.b1.engine", 8: out / "original.engine"},
+                       "compressed": {fixed: out / "compressed.engine"}}
+    profile = json.loads((out / "original.b1.engine.json").read_text())["profile"]["input"]
+    assert (profile["min"][0], profile["opt"][0], profile["max"][0]) == (1, 1, 64)
+    profile = json.loads((out / "original.engine.json").read_text())["profile"]["input"]
+    assert (profile["min"][0], profile["opt"][0], profile["max"][0]) == (1, 8, 64)
+    assert (out / engine.TIMING_CACHE_NAME).is_file()
+    assert sum("building" in m for m in messages) == 3
+    messages.clear()
+    engine.run_engines({"original": dyn_onnx, "compressed": static_onnx}, out, [1, 8], say=messages.append)
+    assert sum("reusing" in m for m in messages) == 3 and not any("building" in m for m in messages)
+
+
 def test_load_engine_bytes_checks_the_tensorrt_version(fake_trt, dyn_onnx, tmp_path):
     fake_trt("10.16.0")
     out = engine.build_engine(dyn_onnx, tmp_path / "m.engine")

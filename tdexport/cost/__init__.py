@@ -13,7 +13,7 @@ Modules: `target`, `geometry`, `graphs` (ONNX builder), `measure` (timer), `cach
 
 from __future__ import annotations
 
-from .align import MULTIPLES, auto_round_to
+from .align import MULTIPLES, TENSORRT_ALIGNMENT, auto_round_to, tensorrt_alignment
 from .cache import CACHE_ENV, CostCache, cost_key, default_cache_path, entry_key
 from .geometry import Geometry
 from .graphs import DENSE, chain_modules, layer_onnx, modules_onnx
@@ -36,6 +36,7 @@ __all__ = [
     "DENSE",
     "MULTIPLES",
     "TARGET_BACKENDS",
+    "TENSORRT_ALIGNMENT",
     "CostCache",
     "CostPoint",
     "CostTable",
@@ -55,5 +56,6 @@ __all__ = [
     "modules_onnx",
     "parse_target",
     "profile_costs",
+    "tensorrt_alignment",
     "time_graphs",
 ]

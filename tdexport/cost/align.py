@@ -24,9 +24,28 @@ from .geometry import Geometry
 from .table import Request, chain_macs, measure_costs
 from .target import Target
 
-__all__ = ["MULTIPLES", "PROBES", "auto_round_to"]
+__all__ = ["MULTIPLES", "PROBES", "TENSORRT_ALIGNMENT", "auto_round_to", "tensorrt_alignment"]
 
 MULTIPLES = (1, 4, 8, 16, 32)
+# TensorRT's tensor-core kernels want channel counts that are multiples of 8 in fp16 and 32 in int8 (NVIDIA's
+# performance guide); below that they pad or fall back to slower kernels.
+TENSORRT_ALIGNMENT = {"fp16": 8, "int8": 32}
+
+
+def tensorrt_alignment(backend: str, precision: str) -> tuple[int, dict[str, Any]] | None:
+    """The rank multiple ``--round-to auto`` takes on TensorRT serving fp16 / int8, with the plan's evidence.
+
+    On ``trt`` / ``ort-trt`` at fp16 or int8: the documented tensor-core multiple (8 / 32); None elsewhere (the
+    multiple is then measured by `auto_round_to`).
+
+    The rule rather than a measurement: the layer-cost graphs are timed in fp32, which is not what a
+    strongly typed fp16 / int8 engine runs.
+    """
+    if backend not in ("trt", "ort-trt") or precision not in TENSORRT_ALIGNMENT:
+        return None
+    chosen = TENSORRT_ALIGNMENT[precision]
+    return chosen, {"method": f"TensorRT tensor-core rule: channel multiples of {chosen} for {precision}",
+                    "precision": precision, "chosen": chosen}
 PROBES = {
     "tucker2 3x3 128->128 @28x28": (Geometry("conv", 128, 128, (3, 3), padding=(1, 1), in_hw=(28, 28)), "tucker2"),
     "svd 1x1 256->256 @28x28": (Geometry("conv", 256, 256, (1, 1), in_hw=(28, 28)), "svd"),

@@ -7,8 +7,8 @@ and refuses one its sidecar says will not load here. `create_runtime` and `probe
 (`tdexport.runtime.TrtRunner`, `available_backends`) the same logger and error messages.
 
 Importing this package imports neither tensorrt, onnx nor `tdexport.runtime` / `tdexport.export`, so both
-of those can use it. Modules: `onnxinfo` (what the ONNX model says), `build`, `sidecar`, `_env`
-(tensorrt module, CUDA device, the process-wide TensorRT logger).
+of those can use it. Modules: `onnxinfo` (what the ONNX model says), `build`, `sidecar`, `runfolder` (a
+validation run's engines), `_env` (tensorrt module, CUDA device, the process-wide TensorRT logger).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from .onnxinfo import (
     profile_shapes,
     resolve_profile,
 )
+from .runfolder import TIMING_CACHE_NAME, engine_name, run_engines
 from .sidecar import SIDECAR_KEYS, engine_is_current, load_engine_bytes, read_sidecar, sidecar_path
 
 __all__ = [
     "DEFAULT_PROFILE",
     "INPUT_NAME",
     "SIDECAR_KEYS",
+    "TIMING_CACHE_NAME",
     "EngineBuildError",
     "GpuInfo",
     "LogCapture",
@@ -39,6 +41,7 @@ __all__ = [
     "create_runtime",
     "cuda_device",
     "engine_is_current",
+    "engine_name",
     "inspect_onnx",
     "load_engine_bytes",
     "network_flags",
@@ -47,6 +50,7 @@ __all__ = [
     "profile_shapes",
     "read_sidecar",
     "resolve_profile",
+    "run_engines",
     "sidecar_path",
     "tensorrt",
     "trt_logger",

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import UsageError
 
 __all__ = ["AGREEMENT_SAMPLES", "GPU_BACKENDS", "parse_precisions", "convert_models", "measure_precisions",
-           "precision_acc_drop"]
+           "precision_acc_drop", "judge_precisions"]
 
 AGREEMENT_SAMPLES = 512
 """At most this many images (test split, else the parity inputs) for top-1 agreement and cosine."""
@@ -204,3 +204,44 @@ def precision_acc_drop(block: Mapping[str, Any] | None) -> tuple[float, str] | N
             if drop is not None and (worst is None or drop > worst[0]):
                 worst = (float(drop), f"{precision} on {backend}")
     return worst
+
+
+def judge_precisions(arts: Sequence[Any], out: Path, precisions: Sequence[str], backends: Sequence[str],
+                        batches: Sequence[int], loader: Any, inputs: Any, accuracy: Any, *,
+                        data: str | None, calib_data: str | None, calib_size: int, int8_target: str,
+                        threads: int | None, limit: int | None, classes: Any, bundle: Any,
+                        timing: tuple[float, int, float], say: Callable[[str], Any]) -> dict[str, Any]:
+    """Convert both models' fp32 ONNX files to each reduced precision and measure them, for `validate_into`.
+
+    ``arts`` are the two `tdexport.artifacts.Artifact` (original, compressed) with their ``onnx`` files;
+    ``inputs`` the parity images (N, C, H, W) used for agreement without data; ``accuracy`` the fp32 block;
+    ``timing`` (warm-up s, iterations, duration s). Returns the report's ``precision`` block
+    (`measure_precisions`).
+    """
+    from ..export.precision import calibration_batches
+    from ..runtime import make_runner
+    from .accuracy import evaluate
+    from .latency import measure_paired
+
+    shape = arts[1].input_shape
+    files = {a.label: a.onnx for a in arts}
+    spec = calib_data or data
+    calibration = None
+    if spec is not None:
+        def calibration():
+            return calibration_batches(spec, calib_size, input_shape=shape)
+    converted = convert_models(files, out, precisions, calibration=calibration, int8_target=int8_target, say=say)
+    evaluate_fn = None
+    if loader is not None:
+        def evaluate_fn(runner):
+            return evaluate(runner, loader, limit=limit, classes=classes, expected_classes=bundle.num_classes)
+    warmup, iterations, duration = timing
+
+    def latency_fn(a, b, batch):
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        return measure_paired(a, b, x, warmup_s=warmup, iterations=iterations, duration_s=duration).to_dict()
+
+    return measure_precisions(converted, files, backends, make_runner=make_runner, evaluate_fn=evaluate_fn,
+                              latency_fn=latency_fn, batches=batches, loader=loader,
+                              fallback_inputs=inputs.numpy(), fp32_accuracy=accuracy, threads=threads,
+                              int8_target=int8_target, say=say)
