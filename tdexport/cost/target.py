@@ -13,9 +13,9 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
+from .._versions import package_version as _version
 from ..errors import BackendUnavailable, UsageError
 from ..validate.environment import cpu_model as _cpu_model
-from ..validate.environment import package_version as _version
 
 __all__ = ["TARGET_BACKENDS", "PRECISIONS", "Target", "parse_target", "fingerprint"]
 

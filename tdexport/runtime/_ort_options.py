@@ -20,10 +20,10 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .._versions import package_version
 from ..errors import UsageError
 
 __all__ = [
@@ -120,15 +120,6 @@ def trt_provider_options(input_name: str, profile: Mapping[str, Sequence[int]], 
     return options
 
 
-def _installed_version(*distributions: str) -> str | None:
-    for dist in distributions:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def trt_cache_key(onnx_sha256: str, profile: Mapping[str, Any], *, onnxruntime_version: str | None = None,
                   tensorrt_version: str | None = None) -> dict[str, Any]:
     """What identifies an ONNX Runtime TensorRT engine cache, with the sidecar's key names.
@@ -146,9 +137,9 @@ def trt_cache_key(onnx_sha256: str, profile: Mapping[str, Any], *, onnxruntime_v
     return {
         "onnx_sha256": str(onnx_sha256),
         "profile": {str(k): {s: [int(d) for d in v[s]] for s in ("min", "opt", "max")} for k, v in profile.items()},
-        "onnxruntime_version": onnxruntime_version or _installed_version("onnxruntime-gpu", "onnxruntime")
+        "onnxruntime_version": onnxruntime_version or package_version("onnxruntime-gpu", "onnxruntime")
         or "unknown",
-        "tensorrt_version": tensorrt_version or _installed_version(
+        "tensorrt_version": tensorrt_version or package_version(
             "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs") or "unknown",
     }
 

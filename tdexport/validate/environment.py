@@ -21,25 +21,16 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .._versions import package_version
 
 __all__ = ["GPU_KEYS", "cpu_model", "environment_info", "gpu_info", "package_version"]
 
 # Keys `gpu_info` returns and `environment_info` includes.
 GPU_KEYS = ("gpu", "gpu_driver", "cuda_driver", "torch_cuda", "onnxruntime_cuda")
 _NVIDIA_SMI_TIMEOUT_S = 10
-
-
-def package_version(*distributions: str) -> str | None:
-    """Installed version of the first of ``distributions`` found, or None."""
-    for dist in distributions:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def cpu_model() -> str:
