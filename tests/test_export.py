@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 
 import numpy as np
@@ -10,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from threads import one_thread
 from torch import nn
 
 import tdexport
@@ -26,17 +26,6 @@ MAX_ERR = 1e-4
 BIG = {"resnet50", "vgg16_bn"}
 MODELS = ["resnet20", "resnet18", "mobilenet_v2", "resnet50", "vgg16_bn"]
 
-
-@contextlib.contextmanager
-def _one_thread():
-    # MKL's float64 eigh (the spectra behind every rank rule) with two spinning OpenMP threads runs 10-50x
-    # slower than with one on a loaded 2-core machine; compression quality is irrelevant to these tests.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -60,7 +49,7 @@ def _model(name: str, variant: str) -> nn.Module:
     # The classifier is factored too (SVD → two Linear layers), except VGG's two 25088/4096-wide hidden
     # layers, whose spectra alone would take longer than the rest of the test.
     exclude = ["classifier.0", "classifier.3"] if name.startswith("vgg") else []
-    with _one_thread():
+    with one_thread():
         c = tdexport.compress(name, format=variant, rank=ratio, weights="random", iters=0, cp_iters=5,
                               include_classifier=True, exclude=exclude)
     methods = {e.method for e in c.plan.layers if e.decision == "decomposed"}

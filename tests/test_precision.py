@@ -7,7 +7,6 @@ with their own float32 logits. Measured numbers are printed (``pytest -s``) for 
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, numpy_helper
+from threads import one_thread
 
 import tdexport
 from tdexport.data import load_data
@@ -37,16 +37,6 @@ SHAPE = (3, 32, 32)
 CALIBRATION = 256  # train-split images
 TIMING_BATCH = 32
 
-
-@contextlib.contextmanager
-def _one_thread():
-    # MKL's float64 eigh behind the rank rule crawls with two spinning threads on a loaded 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(path, images):
@@ -110,7 +100,7 @@ def fp32(baseline, digits_test, tmp_path_factory):
     images, labels = digits_test
     out = tmp_path_factory.mktemp("precision")
     dense = tdexport.load(base)
-    with _one_thread():
+    with one_thread():
         compressed = tdexport.compress(dense, format="tucker", rank="ratio:0.75", input_shape=SHAPE,
                                        model_name="resnet20", num_classes=10).model
         raw_top1 = _torch_top1(compressed, images, labels)
