@@ -235,6 +235,8 @@ def compress(
         num_classes: classifier width recorded in the plan.
         round_to: round every rank up to a multiple of this (never above the mode size); ``"auto"``
             measures the multiple the target runs best (`tdexport.cost.auto_round_to`; needs ``target``).
+            None: 1, except for budget rules (``params:``, ``macs:``, ``latency:``) with a target, which
+            default to ``"auto"`` (pass 1 to turn alignment off).
         layers: only layers whose dotted name matches one of these globs are considered.
         exclude: layers whose name matches one of these globs are kept.
         include_stem: also factor the first conv executed.
@@ -276,12 +278,16 @@ def compress(
     target = as_target(target)
     costs = TargetCosts(target, cost_cache, True if progress else None) if target is not None else None
     options: dict[str, Any] = {}
+    if round_to is None and costs is not None and rule.is_budget:
+        # Budgets on a target: ranks aligned to the multiple the runtime runs best turned resnet50 macs:3x on
+        # ort-cpu from 1.78x / 1.56x (b1 / b32) into 2.11x / 2.59x at the same MACs (tools/bench_latency.py).
+        round_to = "auto"
     if round_to == "auto":
         if costs is None:
             raise UsageError("--round-to auto measures which multiple runs best on the target: give --target "
                              "BACKEND[:BATCH]")
-        rule = tensorrt_alignment(costs.target.backend, precision)
-        round_to, options["round_to_auto"] = rule or auto_round_to(costs.target, cache=costs.cache,
+        aligned = tensorrt_alignment(costs.target.backend, precision)
+        round_to, options["round_to_auto"] = aligned or auto_round_to(costs.target, cache=costs.cache,
                                                                    progress=costs.progress)
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise UsageError(f"round_to must be a positive integer or 'auto', got {round_to!r}")

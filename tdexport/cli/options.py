@@ -50,7 +50,8 @@ def layer_selection_options(func):
     options = [
         click.option("--round-to", default=None, metavar="K|auto",
                      help="Round every rank up to a multiple of K (e.g. 8 or 16 for tensor cores), never above "
-                          "the mode size; 'auto' measures on --target which multiple runs best."),
+                          "the mode size; 'auto' measures on --target which multiple runs best. [default: 1; auto "
+                          "for params:/macs:/latency: budgets with a --target; --round-to 1 turns it off]"),
         click.option("--target", default=None, metavar="BACKEND[:BATCH]",
                      help="Runtime whose measured layer times drive decisions: a layer whose factor chain is not "
                           "faster there stays dense, and latency:Kx is priced on it (ort-cpu, ort-cuda, ort-trt, "
