@@ -34,6 +34,9 @@ __all__ = ["TOLERANCE", "TargetCosts", "as_target", "budget_on_target", "latency
 TOLERANCE = 0.10
 """A ``latency:Kx`` allocation is accepted once its measured speedup is within this fraction of K."""
 _MAX_STEPS = 4
+# Once one allocation measured too slow and another too fast, bisection converges geometrically: worth a few
+# more whole-model measurements than the open-ended search gets.
+_MAX_BRACKETED_STEPS = 7
 
 
 def as_target(target: str | Target | None, *, threads: int | None = None) -> Target | None:
@@ -242,7 +245,8 @@ def latency_choice(
     Each step allocates a time budget of T/K' (T the measured original, K' starting at K) over the eligible
     layers, builds a model of that structure (random factors: speed does not depend on their values),
     exports both models and times them paired on the target. K' is then corrected by K / measured, or, once
-    one allocation measured too slow and another too fast, bisected between them, at most four steps, until
+    one allocation measured too slow and another too fast, bisected between them (at most four steps, seven once
+    bracketed), until
     the measured speedup is within ±10 % of K. Returned: the step closest to K within ±10 %, else the
     fastest-enough step with the smallest overshoot; if every step measured below K − 10 %, K is unreachable.
 
@@ -302,7 +306,7 @@ def latency_choice(
         candidates: list[tuple[float, Any, dict[str, str], Any]] = []
         below: list[float] = []  # K' whose allocation measured slower than K
         above: list[float] = []  # K' whose allocation measured faster than K
-        for _ in range(_MAX_STEPS):
+        while len(steps) < (_MAX_BRACKETED_STEPS if below and above else _MAX_STEPS):
             try:
                 choice = choose_ranks(model, sites, RankRule("latency", k, text=rule.text), eligibility, spectra,
                                       round_to=round_to, cost=cost, fixed_cost=fixed, options_cache=options)

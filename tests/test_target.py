@@ -123,7 +123,7 @@ def test_latency_rule_end_to_end_on_resnet20(tmp_path):
     assert budget["rule"] == "latency:1.3x" and budget["metric"] == "latency" and budget["target"] == 1.3
     assert budget["predicted"] > 1 and budget["measured"] > 0 and budget["achieved"] == budget["measured"]
     assert abs(budget["measured"] / 1.3 - 1) <= 0.10 or budget["measured"] > 1.3  # accepted only within ±10 %
-    assert 1 <= len(budget["steps"]) <= 4
+    assert 1 <= len(budget["steps"]) <= 7
     assert all(s["measured"] > 0 and s["predicted"] > 0 for s in budget["steps"])
     decomposed = [e for e in plan.layers if e.decision == "decomposed"]
     assert decomposed and all(e.chain_ms < e.dense_ms for e in decomposed)
