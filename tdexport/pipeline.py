@@ -259,7 +259,10 @@ def validate_into(
         # Engine files in the run folder, one per model and latency batch (tuned for it), reused when current.
         engines = run_engines({a.label: a.onnx for a in arts}, out, batches, say=say)
     for backend in backends:
-        runners = [make_runner(backend, _artifact_for(a, backend, engines), threads=threads) for a in arts]
+        # The torch backend runs where a GPU deployment would (CUDA when present); parity still uses CPU fp32.
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if backend == "torch" else None
+        runners = [make_runner(backend, _artifact_for(a, backend, engines), threads=threads, device=device)
+                   for a in arts]
         with contextlib.ExitStack() as stack:
             for r in runners:  # loading raises BackendUnavailable (exit 4) naming what is missing
                 stack.enter_context(r)
