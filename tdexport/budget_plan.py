@@ -226,8 +226,8 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
     if cost is None and rule.kind == "latency":
         raise UsageError(f"{rule.text} needs --target BACKEND[:BATCH] to measure layer latencies on; "
                          "params: and macs: budgets need no target")
-    if any(method == "cp" for method, _ in eligibility.values()):
-        raise UsageError(f"{rule.text}: budget rules support tucker, tt and svd formats, not cp")
+    if any(method in ("cp", "ht2") for method, _ in eligibility.values()):
+        raise UsageError(f"{rule.text}: budget rules support tucker, tt and svd formats, not cp or ht2")
     if cost is not None and fixed_cost is None:
         raise ValueError("a custom cost function needs the fixed cost of the rest of the model")
     cost = cost or metric_cost(rule.kind)

@@ -116,7 +116,11 @@ _STRUCTURES = {"tucker2": tucker2_structure, "tt": tucker2_structure, "cp": cp_s
 
 
 def structure_for(method: str, layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
-    """Empty factorized chain for ``layer`` by method name (``tucker2``, ``tt``, ``cp`` or ``svd``)."""
+    """Empty factorized chain for ``layer`` by method name (``tucker2``, ``tt``, ``cp``, ``svd`` or ``ht2``)."""
+    if method == "ht2":
+        from .layers_extra import ht2_structure  # it builds on this module's helpers
+
+        return ht2_structure(layer, ranks)
     try:
         return _STRUCTURES[method](layer, ranks)
     except KeyError:

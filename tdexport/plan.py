@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 PLAN_SCHEMA_VERSION = 1
-FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "tt": "tt", "cp": "cp", "svd": "svd"}
-METHODS = ("tucker2", "tt", "cp", "svd")
+FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "tt": "tt", "cp": "cp", "svd": "svd",
+           "ht2": "ht2"}
+METHODS = ("tucker2", "tt", "cp", "svd", "ht2")
 DECISIONS = ("decomposed", "kept")
 LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
 
@@ -49,7 +50,7 @@ def normalise_format(name: str) -> str:
     try:
         return FORMATS[name.lower()]
     except KeyError:
-        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), tt, cp, svd") from None
+        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), tt, cp, svd, ht2") from None
 
 
 @dataclass
@@ -293,12 +294,12 @@ def factorable(module: nn.Module) -> str | None:
 
 
 def allowed_methods(module: nn.Module) -> tuple[str, ...]:
-    """Methods that can factor ``module``: ``svd`` for Linear and 1×1 convs, else ``tucker2``, ``tt``, ``cp``."""
+    """Methods that can factor ``module``: ``svd`` for Linear and 1×1 convs, else tucker2, tt, cp or ht2."""
     if factorable(module) is not None:
         return ()
     if isinstance(module, nn.Linear) or module.kernel_size == (1, 1):
         return ("svd",)
-    return ("tucker2", "tt", "cp")
+    return ("tucker2", "tt", "cp", "ht2")
 
 
 def _rank_limits(module: nn.Module, method: str) -> list[int]:
@@ -310,6 +311,10 @@ def _rank_limits(module: nn.Module, method: str) -> list[int]:
         # The CP rank of a tensor never exceeds the product of all its sizes but the largest one.
         dims = sorted(int(d) for d in w.shape)
         return [math.prod(dims[:-1])]
+    if method == "ht2":
+        # (R1 ≤ I, R13 ≤ min(I·kh, O·kw), R3 ≤ O): R13 is also bounded by R1·kh and R3·kw (checked on build).
+        kh, kw = int(w.shape[2]), int(w.shape[3])
+        return [i, min(i * kh, o * kw), o]
     return [o, i]
 
 
@@ -339,6 +344,11 @@ def check_layer_fits(entry: LayerPlan, module: nn.Module, *, source: str = "plan
     if len(ranks) != len(limits) or any(not 1 <= r <= lim for r, lim in zip(ranks, limits, strict=True)):
         raise UsageError(f"{where} field 'ranks': {ranks} do not fit {entry.method} on {tuple(entry.shape)} "
                          f"(expected {len(limits)} rank(s) in 1..{limits})")
+    if entry.method == "ht2":
+        kh, kw = int(entry.shape[2]), int(entry.shape[3])
+        if ranks[1] > min(ranks[0] * kh, ranks[2] * kw):
+            raise UsageError(f"{where} field 'ranks': HT-2's middle rank {ranks[1]} exceeds min(R1·kh, R3·kw) = "
+                             f"{min(ranks[0] * kh, ranks[2] * kw)}")
 
 
 # ---------------------------------------------------------------------------------------------- applying

@@ -134,8 +134,32 @@ class _Spectra:
         return self._cache["matrix"]
 
 
+def _ht2_ranks(weight: torch.Tensor, rule: RankRule, spectra: _Spectra, round_to: int | None) -> list[int]:
+    """(R1, R13, R3): the rule on the input and output modes, then on the matrix HT-2's root is fitted to.
+
+    R13 follows the same rule applied to Y = W ×_I U1ᵀ ×_O U3ᵀ arranged (R1·kh × R3·kw) at the chosen R1 and
+    R3 (for ``energy:`` this is the HT-2 seed's rule, measured on the matrix actually truncated).
+    """
+    from .factor.ht2 import ht2_projected_matrix
+
+    r3, r1 = (mode_rank(rule, weight.shape[m], values=spectra.mode(m).values if rule.needs_spectrum else None,
+                        shape=tuple(unfold(weight, m).shape) if rule.needs_spectrum else None, round_to=round_to)
+              for m in (0, 1))
+    kh, kw = weight.shape[2], weight.shape[3]
+    size = min(r1 * kh, r3 * kw)
+    values = shape = None
+    if rule.needs_spectrum:
+        w64 = weight.to(torch.float64)
+        y = ht2_projected_matrix(w64, spectra.mode(1).vectors[:, :r1], spectra.mode(0).vectors[:, :r3])
+        values, shape = torch.linalg.svdvals(y), tuple(y.shape)
+    r13 = min(size, mode_rank(rule, size, values=values, shape=shape, round_to=round_to))
+    return [r1, r13, r3]
+
+
 def _resolve_ranks(method: str, weight: torch.Tensor, rule: RankRule, spectra: _Spectra,
                    round_to: int | None) -> list[int]:
+    if method == "ht2":
+        return _ht2_ranks(weight, rule, spectra, round_to)
     if method == "svd":
         o, i = weight.shape[0], weight[0].numel()
         values = spectra.matrix().values if rule.needs_spectrum else None
@@ -164,6 +188,12 @@ def _decompose(method: str, module: nn.Module, ranks: list[int], spectra: _Spect
     if method == "tt":
         f = tt_conv(weight, (ranks[0], ranks[1]))
         return L.load_tucker2(seq, module, f), f.errors[-1]
+    if method == "ht2":
+        from .factor.ht2 import ht2
+        from .layers_extra import load_ht2
+
+        f = ht2(weight, ranks, spectra=[spectra.mode(1), spectra.mode(0)])
+        return load_ht2(seq, module, f), f.rel_error(weight)
     if method == "cp":
         f = cp_als(weight, ranks[0], iters=cp_iters, generator=torch.Generator().manual_seed(0))
         return L.load_cp(seq, module, f), f.rel_error(weight)

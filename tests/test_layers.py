@@ -127,4 +127,4 @@ def test_chain_cost_matches_measured_cost(geom):
 
 def test_structure_for_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown factorization method"):
-        L.structure_for("ht2", nn.Conv2d(2, 2, 3), (1,))
+        L.structure_for("tucker3", nn.Conv2d(2, 2, 3), (1,))

@@ -20,8 +20,9 @@ RANK_HELP = (
 FORMAT_HELP = ("tucker: k×k convs → 1×1·k×k·1×1 (Tucker-2), 1×1 convs and Linear → two-layer SVD. "
                "tt: the same chain from TT-SVD of (O, kh·kw, I) (TDC's 3-core TT). "
                "cp: k×k convs → 1×1·dw kh×1·dw 1×kw·1×1 (CP-ALS), others as tucker. "
-               "svd: only 1×1 convs and Linear.")
-FORMAT_CHOICES = ["tucker", "tucker2", "tk", "tt", "cp", "svd"]
+               "svd: only 1×1 convs and Linear. "
+               "ht2: k×k convs → 1×1·kh×1·1×kw·1×1 (hierarchical Tucker-2), others as tucker.")
+FORMAT_CHOICES = ["tucker", "tucker2", "tk", "tt", "cp", "svd", "ht2"]
 
 
 def weights_option(default: str):

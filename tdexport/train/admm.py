@@ -23,7 +23,8 @@ def project(weight: Tensor, method: str, ranks: list[int]) -> Tensor:
 
     Args:
         weight: conv kernel (O, I, kh, kw) or Linear weight (O, I).
-        method: ``tucker2`` (HOSVD), ``tt`` (TT-SVD of (O, kh·kw, I)) or ``svd`` (matrix (O, I·kh·kw)).
+        method: ``tucker2`` (HOSVD), ``tt`` (TT-SVD of (O, kh·kw, I)), ``svd`` (matrix (O, I·kh·kw)) or ``ht2``
+            (hierarchical Tucker-2, the same algorithm as the final decomposition).
         ranks: the plan's ranks for that method.
     """
     w = weight.detach()
@@ -33,7 +34,11 @@ def project(weight: Tensor, method: str, ranks: list[int]) -> Tensor:
         return tt_conv(w, (ranks[0], ranks[1])).reconstruct().to(w.dtype)
     if method == "svd":
         return truncated_svd(weight_matrix_of(w), ranks[0]).reconstruct().reshape(w.shape).to(w.dtype)
-    raise ValueError(f"ADMM cannot project with method {method!r} (use tucker2, tt or svd)")
+    if method == "ht2":
+        from ..factor.ht2 import ht2
+
+        return ht2(w, ranks).reconstruct().to(w.dtype)
+    raise ValueError(f"ADMM cannot project with method {method!r} (use tucker2, tt, svd or ht2)")
 
 
 class Admm:
