@@ -21,7 +21,7 @@ def _resnet20():
 
 
 def test_full_rank_ht2_chain_reproduces_the_conv():
-    from tdexport.planner import _decompose, _Spectra
+    from tdexport.factorize import _decompose, _Spectra
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 24, 3, stride=2, padding=1)
