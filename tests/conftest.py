@@ -43,14 +43,23 @@ def _interrupt_after_first_epoch(args, metrics_path, env, timeout=300):
     import subprocess
     import time
 
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    def default_sigint():
+        # The child must turn SIGINT into KeyboardInterrupt, whatever this test process inherited or set:
+        # a signal ignored or blocked here (libraries' helper processes do both) stays so across exec.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if metrics_path.is_file() and json.loads(metrics_path.read_text())["epochs"]:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
+    finished_first = proc.poll() is not None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    if finished_first:
+        err = f"[the process ended before it could be interrupted]\n{err}"
     return proc.returncode, err
 
 
