@@ -35,7 +35,7 @@ from .selection import check_globs as _check_globs
 from .selection import check_replay_names as _check_replay_names
 from .selection import eligibility as _eligibility
 from .selection import ends as _ends
-from .speed_plan import TargetCosts, as_target, budget_on_target, latency_choice, slow_layers
+from .speed_plan import TargetCosts, as_target, budget_on_target, latency_choice, pays, slow_layers
 
 __all__ = ["LayerSite", "profile_layers", "compress", "survey"]
 
@@ -258,7 +258,7 @@ def compress(
     if costs is not None and chosen:
         times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _) in chosen.items()})
         for name, (dense, chain) in times.items():
-            if chain >= dense:
+            if not pays(dense, chain):
                 site, method, ranks, _ = chosen.pop(name)
                 kept[name] = _kept(site, costs.reason(name), method, ranks)
                 kept[name].dense_ms, kept[name].chain_ms = dense, chain

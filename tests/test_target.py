@@ -57,8 +57,8 @@ def test_decomposed_layers_carry_both_timings(tmp_path):
                               cost_cache=CostCache(tmp_path / "c.json"))
     for entry in result.plan.layers[1:-1]:
         assert entry.dense_ms > 0 and entry.chain_ms > 0
-        # the decision follows the measurement, whichever it is on this machine
-        assert (entry.decision == "decomposed") == (entry.chain_ms < entry.dense_ms)
+        # the decision follows the measurement, whichever it is on this machine: a chain must be 5 % faster
+        assert (entry.decision == "decomposed") == (entry.chain_ms < 0.95 * entry.dense_ms)
 
 
 def test_target_options_need_a_target_and_are_checked():
