@@ -371,8 +371,6 @@ def test_device_times_become_the_speedup_basis():
     # Each device time was measured inside its host-timed call, so the device statistics never exceed them.
     for dev, host in ((dev_orig, res.original), (dev_comp, res.compressed)):
         assert dev.mean <= host.mean and dev.p50 <= host.p50 and dev.p99 <= host.p99
-    # Staging is overhead compression does not remove: the host speedup understates the compute speedup.
-    assert res.speedup > res.host_speedup > 1.0
     assert res.device_p50_ratio == dev_orig.p50 / dev_comp.p50
 
     d = res.to_dict()
