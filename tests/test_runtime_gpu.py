@@ -25,8 +25,8 @@ from tdexport.errors import BackendUnavailable, UsageError
 from tdexport.export import export_onnx
 from tdexport.runtime import OrtRunner, TorchRunner, TrtRunner, available_backends, make_runner
 from tdexport.runtime._base import StreamTimer
-from tdexport.runtime._ort import (
-    _model_input,
+from tdexport.runtime._ort import _model_input
+from tdexport.runtime._ort_options import (
     _profile_for,
     cuda_provider_options,
     default_trt_cache_base,

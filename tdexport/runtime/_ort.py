@@ -33,26 +33,13 @@ from ._ort_options import (
     _profile_for,
     _write_cache_key,
     cuda_provider_options,
-    default_trt_cache_base,
-    shape_string,
     trt_cache_dir,
     trt_cache_key,
     trt_provider_options,
 )
 
-# The option and cache helpers live in _ort_options; they stay importable from here.
-__all__ = [
-    "DEFAULT_MAX_BATCH",
-    "PROVIDERS",
-    "OrtRunner",
-    "cuda_hint",
-    "cuda_provider_options",
-    "default_trt_cache_base",
-    "shape_string",
-    "trt_cache_dir",
-    "trt_cache_key",
-    "trt_provider_options",
-]
+# Provider options and cache keys live in `_ort_options`.
+__all__ = ["DEFAULT_MAX_BATCH", "PROVIDERS", "OrtRunner", "cuda_hint"]
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
