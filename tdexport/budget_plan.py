@@ -226,8 +226,10 @@ def choose_ranks(model: nn.Module, sites: Sequence[LayerSite], rule: RankRule,
     if cost is None and rule.kind == "latency":
         raise UsageError(f"{rule.text} needs --target BACKEND[:BATCH] to measure layer latencies on; "
                          "params: and macs: budgets need no target")
-    if any(method in ("cp", "ht2") for method, _ in eligibility.values()):
-        raise UsageError(f"{rule.text}: budget rules support tucker, tt and svd formats, not cp or ht2")
+    unsupported = sorted({m for m, _ in eligibility.values() if m not in (None, "tucker2", "tt", "svd")})
+    if unsupported:
+        raise UsageError(f"{rule.text}: budget rules support the tucker, tt (special) and svd formats, not "
+                         f"{', '.join(unsupported)}")
     if cost is not None and fixed_cost is None:
         raise ValueError("a custom cost function needs the fixed cost of the rest of the model")
     cost = cost or metric_cost(rule.kind)

@@ -115,12 +115,33 @@ def svd_structure(layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
 _STRUCTURES = {"tucker2": tucker2_structure, "tt": tucker2_structure, "cp": cp_structure, "svd": svd_structure}
 
 
-def structure_for(method: str, layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
-    """Empty factorized chain for ``layer`` by method name (``tucker2``, ``tt``, ``cp``, ``svd`` or ``ht2``)."""
-    if method == "ht2":
-        from .layers_extra import ht2_structure  # it builds on this module's helpers
+def structure_for(method: str, layer: nn.Module, ranks: Sequence[int], *,
+                  modes: Sequence[Sequence[int]] | None = None) -> nn.Sequential:
+    """Empty factorized chain for ``layer`` by method name (one of `tdexport.methods.METHODS`).
 
-        return ht2_structure(layer, ranks)
+    Args:
+        method: ``tucker2``, ``tt``, ``cp``, ``svd``, ``ht2``, ``tucker1``, ``ttg`` or ``reorder``.
+        layer: the dense Conv2d / Linear it replaces.
+        ranks: the method's ranks (see `tdexport.methods`).
+        modes: general TT only: [[i_1…i_n], [o_1…o_m]].
+
+    Returns:
+        An ``nn.Sequential``; general TT and reorder wrap their one module so every chain indexes alike.
+    """
+    if method in ("ht2", "tucker1"):
+        from . import layers_extra  # it builds on this module's helpers
+
+        return getattr(layers_extra, f"{method}_structure")(layer, ranks)
+    if method == "ttg":
+        from .layers_tt import tt_general_structure
+
+        if modes is None:
+            raise ValueError("general TT needs the channel modes [[i_1, ...], [o_1, ...]]")
+        return nn.Sequential(tt_general_structure(layer, list(modes[0]), list(modes[1]), list(ranks)))
+    if method == "reorder":
+        from .layers_reorder import reorder_structure
+
+        return nn.Sequential(reorder_structure(layer, ranks))
     try:
         return _STRUCTURES[method](layer, ranks)
     except KeyError:
@@ -194,13 +215,18 @@ def chain_cost(layers: Sequence[nn.Module], *, in_hw: tuple[int, int] | None = N
 
     Returns:
         (params, macs): weights plus biases, and MACs = Σ H'·W'·(C_in/groups)·kh·kw·C_out over convs
-        plus tokens·I·O over linears.
+        plus tokens·I·O over linears; a module with a ``layer_cost(in_hw=, tokens=)`` method (general TT,
+        reordered layers) gives its own MACs and ``output_hw(hw)``.
     """
     params = macs = 0
     hw = in_hw
     for m in layers:
         params += sum(p.numel() for p in m.parameters())
-        if isinstance(m, nn.Conv2d):
+        own = getattr(m, "layer_cost", None)
+        if own is not None:  # general-TT and reordered layers count themselves (not a plain conv chain)
+            macs += own(in_hw=hw, tokens=tokens)
+            hw = m.output_hw(hw) if hw is not None else None
+        elif isinstance(m, nn.Conv2d):
             if hw is None:
                 raise ValueError("chain_cost needs in_hw for a chain with convolutions")
             hw = conv_output_hw(m, hw)

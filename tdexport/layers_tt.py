@@ -87,6 +87,14 @@ class TTGeneralConv2d(nn.Module):
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
 
+    def layer_cost(self, *, in_hw: tuple[int, int] | None = None, tokens: int = 1) -> int:
+        """MACs per sample at input size ``in_hw`` (see `tt_general_cost`); ``tokens`` is unused."""
+        return tt_general_cost(self, in_hw=in_hw)[1]
+
+    def output_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """Output (H', W') for an input of size ``hw``."""
+        return conv_output_hw(self.spatial, hw)
+
 
 class TTGeneralLinear(nn.Module):
     """A Linear layer (O, I) in general-TT form: n input matmuls then m output matmuls.
@@ -136,6 +144,14 @@ class TTGeneralLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y
+
+    def layer_cost(self, *, in_hw: tuple[int, int] | None = None, tokens: int = 1) -> int:
+        """MACs per sample for ``tokens`` rows (see `tt_general_cost`)."""
+        return tt_general_cost(self, tokens=tokens)[1]
+
+    def output_hw(self, hw: tuple[int, int] | None) -> tuple[int, int] | None:
+        """A Linear leaves the spatial size alone."""
+        return hw
 
 
 def tt_general_structure(layer: nn.Module, shape_in: int | Sequence[int], shape_out: int | Sequence[int],

@@ -20,6 +20,7 @@ from torch import nn
 
 from . import layers as L
 from .errors import UsageError
+from .methods import LAYER_TYPES, METHODS, allowed_methods, check_layer_fits, factorable
 
 __all__ = [
     "FORMATS",
@@ -39,18 +40,19 @@ __all__ = [
 
 PLAN_SCHEMA_VERSION = 1
 FORMATS = {"tucker": "tucker2", "tucker2": "tucker2", "tk": "tucker2", "tt": "tt", "cp": "cp", "svd": "svd",
-           "ht2": "ht2"}
-METHODS = ("tucker2", "tt", "cp", "svd", "ht2")
+           "ht2": "ht2", "ttg": "ttg", "reorder": "reorder"}
+# Formats a whole model can be compressed in (a plan's ``format``); tucker1 is a per-layer method only.
+FORMAT_NAMES = ("tucker2", "tt", "cp", "svd", "ht2", "ttg", "reorder")
 DECISIONS = ("decomposed", "kept")
-LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
 
 
 def normalise_format(name: str) -> str:
-    """Canonical format name (``tucker2``, ``tt``, ``cp`` or ``svd``) for a user spelling, else `UsageError`."""
+    """Canonical format name (tucker2, tt, cp, svd, ht2, ttg, reorder) for a user spelling, else `UsageError`."""
     try:
         return FORMATS[name.lower()]
     except KeyError:
-        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), tt, cp, svd, ht2") from None
+        raise UsageError(f"unknown format '{name}'; choose one of: tucker (tucker2, tk), tt, cp, svd, ht2, ttg "
+                         "(tt --tt-type general), reorder") from None
 
 
 @dataclass
@@ -73,6 +75,9 @@ class LayerPlan:
         tokens: rows a Linear sees per sample (1 for classifiers).
         dense_ms, chain_ms: measured time per call of the dense layer and of its factor chain at ``ranks`` on
             the plan's target (``options["target"]``), in ms; None without a target.
+        modes: general TT (``ttg``) only: [[i_1…i_n], [o_1…o_m]], the channel mode sizes (∏ = I, ∏ = O).
+        storage_ratio: reorder only: stored bits (coefficients + bit-packed permutation) over the dense
+            layer's bits; params/MACs do not show this saving (the layer runs dense after export).
     """
 
     name: str
@@ -91,6 +96,8 @@ class LayerPlan:
     tokens: int = 1
     dense_ms: float | None = None
     chain_ms: float | None = None
+    modes: list[list[int]] | None = None
+    storage_ratio: float | None = None
 
 
 @dataclass
@@ -152,7 +159,7 @@ class Plan:
             if key not in data:
                 raise UsageError(f"{source}: missing key '{key}'")
         _expect(isinstance(data["model"], str) and data["model"], source, "model", "a model name")
-        _expect(data["format"] in METHODS, source, "format", f"one of {', '.join(METHODS)}")
+        _expect(data["format"] in FORMAT_NAMES, source, "format", f"one of {', '.join(FORMAT_NAMES)}")
         _expect(isinstance(data["rank_rule"], str), source, "rank_rule", "a string")
         _expect(_int_list(data["input_shape"], 3, minimum=1), source, "input_shape", "[C, H, W], positive integers")
         _expect(isinstance(data["totals"], dict) and all(_is_int(v) and v >= 0 for v in data["totals"].values()),
@@ -257,7 +264,11 @@ def _layer_from_dict(entry: Any, source: str, index: int) -> LayerPlan:
                   "null or [H, W], positive integers"),
         "tokens": (_is_int(entry.get("tokens", 1)) and entry.get("tokens", 1) >= 1, "a positive integer"),
     }
-    for key in ("dense_ms", "chain_ms"):
+    modes = entry.get("modes")
+    checks["modes"] = (modes is None or (isinstance(modes, list) and len(modes) == 2
+                                         and all(_int_list(side, minimum=1) and side for side in modes)),
+                       "null or [[i_1, …], [o_1, …]], positive integers")
+    for key in ("dense_ms", "chain_ms", "storage_ratio"):
         checks[key] = (entry.get(key) is None or _is_number(entry[key]), "a positive number or null")
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         checks[key] = (_is_int(entry[key]) and entry[key] >= 0, "a non-negative integer")
@@ -265,90 +276,9 @@ def _layer_from_dict(entry: Any, source: str, index: int) -> LayerPlan:
         _expect(ok, source, f"{where} field '{key}'", what)
     if entry["decision"] == "decomposed" and (entry["method"] is None or not entry["ranks"]):
         raise UsageError(f"{source}: {where}: a decomposed layer needs a 'method' and 'ranks'")
+    if entry["decision"] == "decomposed" and entry["method"] == "ttg" and modes is None:
+        raise UsageError(f"{source}: {where}: a general-TT (ttg) layer needs 'modes'")
     return LayerPlan(**entry)
-
-
-def factorable(module: nn.Module) -> str | None:
-    """None when ``module`` can be replaced by a factor chain, else the reason it must stay dense.
-
-    Only exact ``nn.Conv2d`` / ``nn.Linear`` qualify: a subclass may compute something else than its weight
-    suggests (timm's weight-standardised ``StdConv2d``, ``Conv2dSame``'s dynamic padding), and a chain of
-    plain convs would silently change the model's output.
-    """
-    kind = type(module)
-    if kind not in (nn.Conv2d, nn.Linear):
-        base = "nn.Conv2d" if isinstance(module, nn.Conv2d) else "nn.Linear"
-        return (f"{kind.__name__} subclasses {base} (its forward may differ from a plain layer's); only exact "
-                "nn.Conv2d / nn.Linear are factored")
-    if kind is nn.Linear:
-        return None
-    if module.groups > 1:
-        what = "depthwise" if module.groups == module.in_channels else "grouped"
-        return f"{what} conv (groups={module.groups})"
-    if module.padding_mode != "zeros":
-        return f"padding_mode '{module.padding_mode}'"
-    if L.int_padding(module) is None:
-        return (f"padding={module.padding!r} pads asymmetrically for kernel {module.kernel_size}, dilation "
-                f"{module.dilation}; no symmetric integer padding reproduces it")
-    return None
-
-
-def allowed_methods(module: nn.Module) -> tuple[str, ...]:
-    """Methods that can factor ``module``: ``svd`` for Linear and 1×1 convs, else tucker2, tt, cp or ht2."""
-    if factorable(module) is not None:
-        return ()
-    if isinstance(module, nn.Linear) or module.kernel_size == (1, 1):
-        return ("svd",)
-    return ("tucker2", "tt", "cp", "ht2")
-
-
-def _rank_limits(module: nn.Module, method: str) -> list[int]:
-    w = module.weight
-    o, i = int(w.shape[0]), int(w[0].numel() if method == "svd" else w.shape[1])
-    if method == "svd":
-        return [min(o, i)]
-    if method == "cp":
-        # The CP rank of a tensor never exceeds the product of all its sizes but the largest one.
-        dims = sorted(int(d) for d in w.shape)
-        return [math.prod(dims[:-1])]
-    if method == "ht2":
-        # (R1 ≤ I, R13 ≤ min(I·kh, O·kw), R3 ≤ O): R13 is also bounded by R1·kh and R3·kw (checked on build).
-        kh, kw = int(w.shape[2]), int(w.shape[3])
-        return [i, min(i * kh, o * kw), o]
-    return [o, i]
-
-
-def check_layer_fits(entry: LayerPlan, module: nn.Module, *, source: str = "plan") -> None:
-    """Check a decomposed plan entry against the real layer it replaces.
-
-    Raises:
-        UsageError: the layer is not a factorable Conv2d / Linear of the planned type and shape, the method
-            does not apply to it, or the ranks are of the wrong count or outside [1, limit] (Tucker-2 / TT:
-            (≤ O, ≤ I); SVD: ≤ min(O, I·kh·kw); CP: ≤ the product of all kernel sizes but the largest).
-    """
-    where = f"{source}: layer '{entry.name}'"
-    if not isinstance(module, LAYER_TYPES[entry.type]):
-        raise UsageError(f"{where} field 'type': plan says {entry.type}, the model has {type(module).__name__}")
-    if list(module.weight.shape) != list(entry.shape):
-        raise UsageError(f"{where} field 'shape': plan says {entry.shape}, the model's weight is "
-                         f"{list(module.weight.shape)}")
-    why = factorable(module)
-    if why is not None:
-        raise UsageError(f"{where} field 'decision': the layer cannot be factored: {why}")
-    allowed = allowed_methods(module)
-    if entry.method not in allowed:
-        raise UsageError(f"{where} field 'method': '{entry.method}' does not apply to {entry.type} "
-                         f"{tuple(entry.shape)}; allowed: {', '.join(allowed)}")
-    limits = _rank_limits(module, entry.method)
-    ranks = entry.ranks
-    if len(ranks) != len(limits) or any(not 1 <= r <= lim for r, lim in zip(ranks, limits, strict=True)):
-        raise UsageError(f"{where} field 'ranks': {ranks} do not fit {entry.method} on {tuple(entry.shape)} "
-                         f"(expected {len(limits)} rank(s) in 1..{limits})")
-    if entry.method == "ht2":
-        kh, kw = int(entry.shape[2]), int(entry.shape[3])
-        if ranks[1] > min(ranks[0] * kh, ranks[2] * kw):
-            raise UsageError(f"{where} field 'ranks': HT-2's middle rank {ranks[1]} exceeds min(R1·kh, R3·kw) = "
-                             f"{min(ranks[0] * kh, ranks[2] * kw)}")
 
 
 # ---------------------------------------------------------------------------------------------- applying
@@ -385,6 +315,10 @@ def apply_plan(model: nn.Module, plan: Plan, *, source: str = "plan") -> nn.Modu
     import copy
 
     new_model = copy.deepcopy(model)
+    if any(isinstance(m, nn.MultiheadAttention) for m in new_model.modules()):
+        from .attention import explicit_attention
+
+        explicit_attention(new_model)  # as `tdexport.planner.compress` did before naming the layers
     aliases = module_aliases(new_model)
     replaced = []
     for entry in plan.layers:
@@ -397,7 +331,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, source: str = "plan") -> nn.Modu
         check_layer_fits(entry, layer, source=source)
         replaced.append((entry, layer))
     for entry, layer in replaced:
-        chain = L.structure_for(entry.method, layer, entry.ranks)
+        chain = L.structure_for(entry.method, layer, entry.ranks, modes=entry.modes)
         for name in aliases.get(id(layer), [entry.name]):
             set_submodule(new_model, name, chain)
     return new_model

@@ -17,9 +17,18 @@ from torch import nn
 
 from . import budget_plan
 from . import layers as L
+from .attention import with_explicit_attention
 from .cost import CostCache, Target, auto_round_to, tensorrt_alignment
 from .errors import DecompositionError, UsageError
-from .factorize import _decompose, _resolve_ranks, _Spectra
+from .factorize import (
+    MethodOptions,
+    _decompose,
+    _resolve_ranks,
+    _Spectra,
+    format_options,
+    reorder_storage_ratio,
+    storage_totals,
+)
 from .guards import require_finite
 from .plan import (
     Compressed,
@@ -37,7 +46,11 @@ from .selection import eligibility as _eligibility
 from .selection import ends as _ends
 from .speed_plan import TargetCosts, as_target, budget_on_target, latency_choice, pays, slow_layers
 
-__all__ = ["LayerSite", "profile_layers", "compress", "survey"]
+__all__ = ["LayerSite", "profile_layers", "compress", "survey", "TIMED_METHODS"]
+
+# Methods whose chains the target's layer graphs can build (plain conv / linear chains); general TT reshapes
+# between its cores and reordered layers run dense after export, so neither is timed per layer.
+TIMED_METHODS = ("tucker2", "tt", "cp", "svd", "ht2", "tucker1")
 
 
 @dataclass
@@ -152,6 +165,13 @@ def compress(
     cost_cache: CostCache | None = None,
     say: Callable[[str], Any] | None = None,
     precision: str = "fp32",
+    tt_type: str = "special",
+    tt_shape: Sequence[str] = (),
+    groups: int = 4,
+    coef_ratio: float = 0.25,
+    progressive: bool = False,
+    progressive_ref: float = 64.0,
+    stem_method: str | None = None,
 ) -> Compressed:
     """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
 
@@ -165,7 +185,8 @@ def compress(
 
     Args:
         model: dense network (Conv2d / Linear layers are considered).
-        format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I)), ``cp`` or ``svd``.
+        format: ``tucker`` (``tucker2``/``tk``), ``tt`` (TDC's 3-core TT of (O, kh·kw, I); with
+            ``tt_type="general"`` the general TT, format ``ttg``), ``cp``, ``svd``, ``ht2`` or ``reorder``.
         rank: a rank rule string (see `tdexport.ranks`), a parsed `RankRule`, or a `Plan` to replay. A
             ``params:`` / ``macs:`` budget is spread over the eligible layers by `tdexport.budget_plan`.
         input_shape: (C, H, W) of one input sample, the resolution MACs are counted at.
@@ -189,6 +210,15 @@ def compress(
         say: progress messages of the ``latency:`` search.
         precision: the precision the model will be served in (``fp32``, ``fp16``, ``int8``); with a TensorRT
             target, ``round_to="auto"`` then takes TensorRT's tensor-core multiple (8 / 32) instead of measuring.
+        tt_type: ``special`` (TDC's 3-core TT) or ``general`` (channel modes split, `tdexport.layers_tt`).
+        tt_shape: general TT's ``--tt-shape`` values (`tdexport.factorize.parse_tt_shape`); default 2 modes
+            per channel axis, balanced.
+        groups: reorder's g, rows of the weight view (need not divide the weight's size).
+        coef_ratio: reorder's kept fraction of DCT coefficients per row in (0, 1]; r' ≥ 0 when progressive.
+        progressive: reorder's per-layer ratio 1 / (1 + r'·√N / progressive_ref) (the seed's rule).
+        progressive_ref: the progressive rule's reference size.
+        stem_method: ``tucker1`` factors the stem (with ``include_stem``) by Tucker-1 whatever the format;
+            ht2 does so by default (as its seed).
 
     Returns:
         `Compressed` with the new model and its `Plan`.
@@ -198,13 +228,18 @@ def compress(
             that does not fit the model, a rank above a mode size, or an unreachable budget (`BudgetUnreachable`).
         DecompositionError: a factorization failed at the requested ranks.
     """
-    fmt = normalise_format(format)
+    fmt, opts = format_options(format, tt_type, tt_shape, groups, coef_ratio, progressive, progressive_ref,
+                                stem_method)
+    if fmt == "reorder" and not isinstance(rank, Plan) and not str(rank).startswith("plan:"):
+        # Reordering has no rank rule: g and the kept fraction decide; the text records them.
+        rank = RankRule("reorder", text=f"reorder g={groups} r={coef_ratio:g}{' progressive' if progressive else ''}")
     if isinstance(rank, Plan):
         replay, rule = rank, RankRule("plan", 0.0, None, "plan")
     else:
         rule = parse_rank_rule(rank) if isinstance(rank, str) else rank
         replay = Plan.read(rule.path) if rule.kind == "plan" else None
     require_finite(list(model.named_parameters()) + list(model.named_buffers()), model_name)
+    model, attention_kept = with_explicit_attention(model)
     sites = profile_layers(model, input_shape)
     if not sites:
         raise UsageError("the model has no Conv2d or Linear layer to factor")
@@ -213,6 +248,10 @@ def compress(
     stem, classifier = _ends(sites)
     eligibility = {s.name: _eligibility(s, fmt, stem, classifier, layers, exclude, include_stem, include_classifier)
                    for s in sites}
+    if stem is not None and eligibility[stem][0] is not None and opts.stem_method:
+        stem_module = next(s.module for s in sites if s.name == stem)
+        if stem_module.kernel_size != (1, 1):
+            eligibility[stem] = (opts.stem_method, "")
     target = as_target(target)
     costs = TargetCosts(target, cost_cache, True if progress else None) if target is not None else None
     options: dict[str, Any] = {}
@@ -245,9 +284,9 @@ def compress(
     elif rule.is_budget:
         budget, eligibility = budget_on_target(model, sites, rule, eligibility, spectra_of, costs, round_to)
     kept: dict[str, LayerPlan] = {}
-    chosen: dict[str, tuple[LayerSite, str, list[int], str]] = {}
+    chosen: dict[str, tuple[LayerSite, str, list[int], str, list[list[int]] | None]] = {}
     for site in sites:
-        decision = _decide(site, eligibility[site.name], rule, replay, budget, spectra_of, round_to)
+        decision = _decide(site, eligibility[site.name], rule, replay, budget, spectra_of, round_to, opts)
         if isinstance(decision, LayerPlan):
             kept[site.name] = decision
         else:
@@ -255,11 +294,12 @@ def compress(
     for name, entry in kept.items():
         if costs is not None and name in costs.timings:
             entry.dense_ms, entry.chain_ms = costs.timings[name]
-    if costs is not None and chosen:
-        times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _) in chosen.items()})
+    timed = {n: c for n, c in chosen.items() if c[1] in TIMED_METHODS}
+    if costs is not None and timed:
+        times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _, _) in timed.items()})
         for name, (dense, chain) in times.items():
             if not pays(dense, chain):
-                site, method, ranks, _ = chosen.pop(name)
+                site, method, ranks, _, _ = chosen.pop(name)
                 kept[name] = _kept(site, costs.reason(name), method, ranks)
                 kept[name].dense_ms, kept[name].chain_ms = dense, chain
     new_model = copy.deepcopy(model)
@@ -270,30 +310,35 @@ def compress(
         if site.name in kept:
             entries.append(kept[site.name])
             continue
-        _, method, ranks, reason = chosen[site.name]
+        _, method, ranks, reason, modes = chosen[site.name]
         m = site.module
         try:
-            seq, err = _decompose(method, m, ranks, spectra_of(site), iters=iters, cp_iters=cp_iters)
+            seq, err = _decompose(method, m, ranks, spectra_of(site), iters=iters, cp_iters=cp_iters, modes=modes)
         except DecompositionError as exc:
             raise DecompositionError(f"{site.name} {tuple(m.weight.shape)}: {exc}") from exc
         replaced = new_model.get_submodule(site.name)
         for name in new_aliases[id(replaced)]:
             set_submodule(new_model, name, seq)
         before, after = _site_cost(site, [m]), _site_cost(site, seq)
-        dense_ms, chain_ms = costs.timings[site.name] if costs is not None else (None, None)
+        dense_ms, chain_ms = costs.timings.get(site.name, (None, None)) if costs is not None else (None, None)
+        storage = reorder_storage_ratio(m.weight.numel(), *ranks) if method == "reorder" else None
         entries.append(LayerPlan(site.name, _type_name(m), list(m.weight.shape), method, ranks,
                                  "decomposed", reason, before[0], after[0], before[1], after[1],
                                  float(err), list(site.in_hw) if site.in_hw else None, site.tokens,
-                                 dense_ms, chain_ms))
+                                 dense_ms, chain_ms, modes, storage))
     if replay is not None:
         _check_replay_names(replay, sites, str(rule.path) if rule.path else "the given plan")
+    if attention_kept:
+        options["attention_kept"] = attention_kept
     options.update({"round_to": round_to, "layers": list(layers), "exclude": list(exclude),
                     "include_stem": include_stem, "include_classifier": include_classifier,
-                    "iters": iters, "cp_iters": cp_iters})
+                    "iters": iters, "cp_iters": cp_iters, **opts.record(fmt)})
     if target is not None:
         options["target"] = {"backend": target.backend, "batch": target.batch, "precision": target.precision,
                              "threads": target.threads}
     totals = _totals(model, new_model, entries)
+    if fmt == "reorder":
+        totals.update(storage_totals(entries))
     record = budget.record(totals) if budget else None
     if record is not None and latency is not None:
         record.update(latency, achieved=latency["measured"], target=rule.value, rule=rule.text)
@@ -304,8 +349,10 @@ def compress(
 
 def _decide(site: LayerSite, eligible: tuple[str | None, str], rule: RankRule, replay: Plan | None,
             budget: budget_plan.BudgetChoice | None, spectra_of: Callable[[LayerSite], _Spectra],
-            round_to: int | None) -> LayerPlan | tuple[LayerSite, str, list[int], str]:
-    """One layer's decision: a kept `LayerPlan`, or (site, method, ranks, reason) to factor."""
+            round_to: int | None, opts: MethodOptions
+            ) -> LayerPlan | tuple[LayerSite, str, list[int], str, list[list[int]] | None]:
+    """One layer's decision: a kept `LayerPlan`, or (site, method, ranks, reason, TT modes) to factor."""
+    modes = None
     method, why = eligible
     m = site.module
     if method is None:
@@ -317,21 +364,30 @@ def _decide(site: LayerSite, eligible: tuple[str | None, str], rule: RankRule, r
             return _kept(site, f"kept in {source}" if planned else f"not in {source}")
         check_layer_fits(planned, m, source=source)
         method, ranks, reason = planned.method, list(planned.ranks), f"replayed from {source}"
+        modes = planned.modes
     elif budget is not None:
         ranks, reason = budget.ranks(site.name), f"budget {rule.text}"
         if ranks is None:
             return _kept(site, budget.kept_reason(site.name))
     else:
         try:
-            ranks = _resolve_ranks(method, m.weight.detach(), rule, spectra_of(site), round_to)
+            ranks, modes, note = _resolve_ranks(method, m.weight.detach(), rule, spectra_of(site), round_to, opts)
         except UsageError as err:
             raise UsageError(f"{site.name} {tuple(m.weight.shape)}: {err}") from err
-        reason = f"rank rule {rule.text}"
+        reason = f"rank rule {rule.text}{note}"
+    if method == "reorder":
+        storage = reorder_storage_ratio(m.weight.numel(), *ranks)
+        if storage >= 1:
+            return _kept(site, f"no storage saving at g={ranks[0]}, t={ranks[1]} ({storage:.2f} of dense)",
+                         method, ranks)
+        return site, method, ranks, reason, modes
     before = _site_cost(site, [m])
-    after = _site_cost(site, L.structure_for(method, m, ranks))
+    with torch.device("meta"):  # shapes only: a general-TT or HT-2 chain need not allocate to be counted
+        chain = L.structure_for(method, m, ranks, modes=modes)
+    after = _site_cost(site, chain)
     if not (after[0] < before[0] and after[1] < before[1]):
         return _kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks)
-    return site, method, ranks, reason
+    return site, method, ranks, reason, modes
 
 
 def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[int] = (3, 224, 224),

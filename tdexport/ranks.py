@@ -7,6 +7,9 @@ Accepted forms (see `RANK_RULE_FORMS`):
   (pruned or dead filters) are left out of R_evbmf's estimate, so they do not inflate it.
 * ``energy:E`` — per mode, the smallest k with Σ_{i≤k} σᵢ² / Σ σ² > E, E in (0, 1).
 * ``ratio:F`` — keep ⌈F·n⌉ of each mode of size n (for CP: F·O components), F in (0, 1].
+* ``svt:R`` — one singular-value threshold for both channel modes, searched so that ‖Ŵ‖/‖W‖ ≈ R in (0, 1]
+  (the SVT seed's approximation ratio; `tdexport.factor.svt`); on one spectrum (SVD, TT bonds) the rank
+  whose kept norm is closest to R.
 * ``N`` — the fixed rank N on every mode; a mode smaller than N is an error.
 * ``plan:FILE`` — replay the per-layer decisions and ranks of an earlier (possibly edited) plan.json.
 * ``params:Kx`` / ``macs:Kx`` — a whole-model budget: K > 1 times fewer parameters (all of the model's) or
@@ -33,7 +36,8 @@ from .factor.evbmf import evbmf_rank_from_values
 
 __all__ = ["RANK_RULE_FORMS", "BUDGET_KINDS", "RankRule", "parse_rank_rule", "round_rank", "mode_rank"]
 
-RANK_RULE_FORMS = ("vbmf, vbmf:W (0<W≤1), energy:E (0<E<1), ratio:F (0<F≤1), N (an integer ≥ 1), plan:FILE, "
+RANK_RULE_FORMS = ("vbmf, vbmf:W (0<W≤1), energy:E (0<E<1), ratio:F (0<F≤1), svt:R (0<R≤1), N (an integer ≥ 1), "
+                   "plan:FILE, "
                    "params:Kx / macs:Kx (K>1 times fewer), params:F / macs:F (0<F<1 kept), latency:Kx (K>1)")
 BUDGET_KINDS = ("params", "macs", "latency")
 
@@ -43,7 +47,7 @@ class RankRule:
     """A parsed rank rule.
 
     Attributes:
-        kind: one of ``vbmf``, ``energy``, ``ratio``, ``fixed``, ``plan``, or a budget: ``params``,
+        kind: one of ``vbmf``, ``energy``, ``ratio``, ``svt``, ``fixed``, ``plan``, or a budget: ``params``,
             ``macs``, ``latency``.
         value: the number after the colon (weakening factor, energy, ratio or fixed rank); 1.0 for
             plain ``vbmf``; 0 for ``plan``; for budgets the whole-model reduction factor K > 1 (a
@@ -60,7 +64,7 @@ class RankRule:
     @property
     def needs_spectrum(self) -> bool:
         """Whether resolving this rule needs the singular values of each mode."""
-        return self.kind in ("vbmf", "energy")
+        return self.kind in ("vbmf", "energy", "svt")
 
     @property
     def is_budget(self) -> bool:
@@ -98,7 +102,8 @@ def parse_rank_rule(text: str) -> RankRule:
         value = float(tail)
     except ValueError:
         raise _bad(text, f"'{tail}' is not a number") from None
-    limits = {"vbmf": (0.0, 1.0, True), "energy": (0.0, 1.0, False), "ratio": (0.0, 1.0, True)}
+    limits = {"vbmf": (0.0, 1.0, True), "energy": (0.0, 1.0, False), "ratio": (0.0, 1.0, True),
+              "svt": (0.0, 1.0, True)}
     if head not in limits:
         raise _bad(text, f"unknown rule '{head}'")
     lo, hi, hi_inclusive = limits[head]

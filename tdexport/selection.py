@@ -30,8 +30,8 @@ def method_for(module: nn.Module, fmt: str) -> tuple[str | None, str]:
     if why is not None:
         return None, why
     methods = allowed_methods(module)
-    if methods == ("svd",):
-        return "svd", ""
+    if "tucker2" not in methods:  # Linear and 1×1 convs
+        return (fmt if fmt in methods else "svd"), ""
     if fmt == "svd":
         return None, "the svd format factors only 1×1 convs and Linear layers"
     return fmt, ""

@@ -312,7 +312,7 @@ def test_unreachable_latency_and_cp_budgets_exit_2(tmp_path, capsys):
     assert 10 < info.value.best < 100
     with pytest.raises(UsageError, match="needs --target"):
         tdexport.compress("resnet20", rank="latency:2x", weights="random")
-    with pytest.raises(UsageError, match="support tucker, tt and svd"):
+    with pytest.raises(UsageError, match="support the tucker, tt .special. and svd formats, not cp"):
         tdexport.compress("resnet20", format="cp", rank="params:2x", weights="random")
     with pytest.raises(SystemExit) as exit_info:
         main(["compress", "resnet20", "--rank", "macs:100x", "--weights", "random", "--out", str(tmp_path / "o")])

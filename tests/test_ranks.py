@@ -23,7 +23,7 @@ def test_parse_plan_form():
 
 
 @pytest.mark.parametrize("text", ["", "abc", "energy", "energy:1", "energy:0", "ratio:1.5", "ratio:x",
-                                  "vbmf:0", "vbmf:2", "0", "-3", "plan:", "svt:0.8"])
+                                  "vbmf:0", "vbmf:2", "0", "-3", "plan:", "svt:0", "svt:1.2", "nope:0.8"])
 def test_parse_rejects_malformed_rules_naming_accepted_forms(text):
     with pytest.raises(UsageError, match="accepted forms: vbmf") as info:
         parse_rank_rule(text)

@@ -13,8 +13,11 @@ from .options import (
     RANK_HELP,
     export_precision_options,
     layer_selection_options,
+    method_kwargs,
+    method_options,
     num_classes_option,
     overwrite_option,
+    run_name,
     selection_kwargs,
     validate_kwargs,
     validate_options,
@@ -139,6 +142,7 @@ def validate(original: str, compressed: str, data: str | None, weights: str, num
 @num_classes_option
 @click.option("--data", default=None, help="Dataset for fine-tuning and accuracy (digits, cifar10[:DIR], …).")
 @layer_selection_options
+@method_options
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fine-tune the compressed model for N epochs on --data before export (0: none).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
@@ -170,11 +174,12 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
     the report. Backends, data, class counts and --out are checked before anything is compressed.
     """
     from ..compress_and_export import compress_and_export as run_flow
-    from ..plan import normalise_format
     from ..ranks import parse_rank_rule
 
     parse_rank_rule(rank)
+    methods = method_kwargs(kw)
     selection = selection_kwargs(kw)
+    selection.update(methods)
     opts = validate_kwargs(kw)
     if selection["target"] is None:
         del selection["target"]  # the flow's default: first backend at the largest batch
@@ -182,7 +187,7 @@ def compress_and_export(model: str, fmt: str, rank: str, weights: str, num_class
         selection["target"] = selection["target"] or None
     if not quiet:
         selection["say"] = click.echo
-    out = out or Path("runs") / f"{model}-{normalise_format(fmt)}"
+    out = out or Path("runs") / run_name(model, fmt, methods["tt_type"])
     cfg = None
     if finetune_epochs:
         from ..train import TrainConfig

@@ -13,8 +13,11 @@ from .options import (
     FORMAT_HELP,
     RANK_HELP,
     layer_selection_options,
+    method_kwargs,
+    method_options,
     num_classes_option,
     overwrite_option,
+    run_name,
     selection_kwargs,
     weights_option,
 )
@@ -28,6 +31,7 @@ from .options import (
 @weights_option("default")
 @num_classes_option
 @layer_selection_options
+@method_options
 @click.option("--iters", type=click.IntRange(min=0), default=5, show_default=True,
               help="Maximum HOOI refinement sweeps after the HOSVD start (Tucker-2); stops early at "
                    "convergence.")
@@ -48,14 +52,15 @@ def compress(model: str, fmt: str, rank: str, weights: str, num_classes: int | N
 
     from .. import api
     from .._io import check_out_dir
-    from ..plan import normalise_format
     from ..ranks import parse_rank_rule
     from ..table import plan_table, totals_line
 
     parse_rank_rule(rank)  # fail on a malformed rule before any model is built
-    out = out or Path(f"{model}-{normalise_format(fmt)}")
+    methods = method_kwargs(kw)
+    out = out or Path(run_name(model, fmt, methods["tt_type"]))
     check_out_dir(out, overwrite=overwrite)
     selection = selection_kwargs(kw)
+    selection.update(methods)
     selection["target"] = selection["target"] or None
     result = api.compress(
         model, format=fmt, rank=rank, weights=weights, num_classes=num_classes, iters=iters, cp_iters=cp_iters,

@@ -18,11 +18,15 @@ RANK_HELP = (
 )
 
 FORMAT_HELP = ("tucker: k×k convs → 1×1·k×k·1×1 (Tucker-2), 1×1 convs and Linear → two-layer SVD. "
-               "tt: the same chain from TT-SVD of (O, kh·kw, I) (TDC's 3-core TT). "
+               "tt: the same chain from TT-SVD of (O, kh·kw, I) (TDC's 3-core TT); with --tt-type general, "
+               "channels split into several TT modes (--tt-shape), every conv and Linear a chain of 1×1 convs / "
+               "matmuls around one k×k conv. "
                "cp: k×k convs → 1×1·dw kh×1·dw 1×kw·1×1 (CP-ALS), others as tucker. "
                "svd: only 1×1 convs and Linear. "
-               "ht2: k×k convs → 1×1·kh×1·1×kw·1×1 (hierarchical Tucker-2), others as tucker.")
-FORMAT_CHOICES = ["tucker", "tucker2", "tk", "tt", "cp", "svd", "ht2"]
+               "ht2: k×k convs → 1×1·kh×1·1×kw·1×1 (hierarchical Tucker-2), stem by Tucker-1, others as tucker. "
+               "reorder: every conv and Linear stored as the low DCT frequencies of its greedily reordered "
+               "weights (--groups, --coef-ratio); saves storage, not MACs (exported dense).")
+FORMAT_CHOICES = ["tucker", "tucker2", "tk", "tt", "cp", "svd", "ht2", "reorder"]
 
 
 def weights_option(default: str):
@@ -71,6 +75,53 @@ def layer_selection_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def method_options(func):
+    """Per-format settings: general TT, reorder and the stem's method.
+
+    --tt-type and --tt-shape (general TT), --groups, --coef-ratio, --progressive and --progressive-ref (reorder),
+    --stem-method.
+    """
+    options = [
+        click.option("--tt-type", type=click.Choice(["special", "general"]), default="special", show_default=True,
+                     help="tt format: special = TDC's 3-core TT (O, kh·kw, I) as a Tucker-2 chain; general = I and O "
+                          "each split into several modes, one core per mode plus the spatial core."),
+        click.option("--tt-shape", multiple=True, metavar="N|NIN,NOUT|C=AxB",
+                     help="General TT modes (repeatable): N modes per channel axis (balanced split; default 2), "
+                          "NIN,NOUT for input/output separately, or C=AxB[xC…] to give the mode sizes of every "
+                          "axis with C channels (e.g. 256=16x16)."),
+        click.option("--groups", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="reorder: g, rows the flattened weight is viewed as (any g; the weight is zero-padded)."),
+        click.option("--coef-ratio", type=click.FloatRange(min=0), default=0.25, show_default=True,
+                     help="reorder: kept fraction of each row's DCT coefficients, in (0, 1]; with --progressive the "
+                          "seed's r' ≥ 0 of r_l = 1 + r'·√N / --progressive-ref."),
+        click.option("--progressive", is_flag=True,
+                     help="reorder: per-layer ratio from the layer's size (bigger layers keep a smaller fraction)."),
+        click.option("--progressive-ref", type=click.FloatRange(min=0, min_open=True), default=64.0,
+                     show_default=True, help="reorder: the progressive rule's reference size (seed: 64 for "
+                                             "ResNet-50, 156.8 = √(384·64) for MobileNet-V2)."),
+        click.option("--stem-method", type=click.Choice(["tucker1"]), default=None,
+                     help="Factor the stem (with --include-stem) by Tucker-1 (k×k conv I→R, 1×1 R→O) whatever the "
+                          "format [default: the format's own; ht2 uses tucker1]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def method_kwargs(kw: dict) -> dict:
+    """Pop the `method_options` values as `tdexport.planner.compress` keyword arguments."""
+    return {"tt_type": kw.pop("tt_type"), "tt_shape": tuple(kw.pop("tt_shape")), "groups": kw.pop("groups"),
+            "coef_ratio": kw.pop("coef_ratio"), "progressive": kw.pop("progressive"),
+            "progressive_ref": kw.pop("progressive_ref"), "stem_method": kw.pop("stem_method")}
+
+
+def run_name(model: str, fmt: str, tt_type: str) -> str:
+    """Default output name MODEL-FORMAT, with ``ttg`` for the general TT."""
+    from ..plan import normalise_format
+
+    return f"{model}-{'ttg' if tt_type == 'general' else normalise_format(fmt)}"
 
 
 def round_to_value(text: str | None) -> int | str | None:

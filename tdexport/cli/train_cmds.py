@@ -66,8 +66,11 @@ def finetune(directory: Path, distill: str | None, teacher: str | None, teacher_
 @click.command()
 @click.argument("model")
 @click.option("--format", "fmt", default="tucker", show_default=True,
-              type=click.Choice(["tucker", "tucker2", "tk", "tt", "svd"], case_sensitive=False),
-              help="Rank set projected onto: Tucker-2 (HOSVD), TT (TT-SVD, 3 cores) or SVD (1×1 / Linear).")
+              type=click.Choice(["tucker", "tucker2", "tk", "tt", "ht2", "svd"], case_sensitive=False),
+              help="Rank set projected onto, by the final decomposition's own algorithm: Tucker-2 (HOOI), TT "
+                   "(TT-SVD; --tt-type general for the general TT), HT-2 or SVD (1×1 / Linear).")
+@click.option("--tt-type", type=click.Choice(["special", "general"]), default="special", show_default=True,
+              help="tt format: TDC's 3-core TT, or the general TT with channels split into modes (2 per axis).")
 @click.option("--rank", default="ratio:0.5", show_default=True, help=RANK_HELP)
 @click.option("--rho", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="ADMM penalty weight ρ in (ρ/2)‖W − Z + U‖².")
@@ -78,8 +81,8 @@ def finetune(directory: Path, distill: str | None, teacher: str | None, teacher_
 @weights_option("random")
 @num_classes_option
 @training_options
-def admm(model: str, fmt: str, rank: str, rho: float, rho_final: float | None, admm_every: int, weights: str,
-         num_classes: int | None, **kw) -> None:
+def admm(model: str, fmt: str, tt_type: str, rank: str, rho: float, rho_final: float | None, admm_every: int,
+         weights: str, num_classes: int | None, **kw) -> None:
     """ADMM low-rank-aware training of MODEL, then decomposition at the planned ranks.
 
     Writes OUT/compressed.safetensors + OUT/plan.json (ready for finetune), OUT/dense/ (trained dense
@@ -92,7 +95,7 @@ def admm(model: str, fmt: str, rank: str, rho: float, rho_final: float | None, a
     cfg = train_config(kw, epochs=10, lr=0.05)
     run_kw = run_kwargs(kw)
     metrics = run.admm(model, format=fmt, rank=rank, cfg=cfg, rho=rho, rho_final=rho_final,
-                       admm_every=admm_every, weights=weights, num_classes=num_classes, **run_kw)
+                       admm_every=admm_every, weights=weights, num_classes=num_classes, tt_type=tt_type, **run_kw)
     if "decomposed_test_top1" in metrics:
         click.echo(f"decomposed after ADMM: test top-1 {metrics['decomposed_test_top1']:.2f}% "
                    f"(plain decomposition of the starting weights: {metrics['plain_decomposed_test_top1']:.2f}%)")

@@ -35,6 +35,7 @@ from torch import nn
 
 from .._io import atomic_write_bytes
 from ..errors import GateFailed, TdexportError, UsageError, first_line
+from ..layers_reorder import fold_reordered
 from ..runtime import OrtRunner
 from ..validate.parity import ParityResult, compare_outputs
 from .bnfold import fold_batchnorm
@@ -166,7 +167,8 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` to a single standard-op ONNX file and prove it matches torch.
 
-    The caller's model is not modified (a copy is exported: eval mode, CPU, float32, BatchNorm folded).
+    The caller's model is not modified (a copy is exported: eval mode, CPU, float32, BatchNorm folded,
+    DCT-reordered layers folded back into the dense layers they rebuild).
 
     Args:
         model: maps images (N, *input_shape) to logits (N, classes).
@@ -229,6 +231,8 @@ def export_onnx(
     with torch.inference_mode():
         reference = work(inputs).float().numpy()
     fold_batchnorm(work)
+    # Reordered layers save storage, not compute: they run as the dense layers they rebuild (parity checks it).
+    fold_reordered(work)
 
     notes: list[str] = []
     proto = exporter = None

@@ -1,8 +1,9 @@
 """TDC's ADMM low-rank-aware training: keep each planned layer's weight W close to a low-rank Z.
 
 Scaled augmented Lagrangian: loss(W) + Σ_l (ρ/2)·‖W_l − Z_l + U_l‖². Every ``every`` optimizer steps:
-Z ← Π(W + U) (projection onto the planned rank set by truncated Tucker-2, TT-SVD or SVD, in torch on
-the training device), then U ← U + W − Z. The projection gap ‖W − Z‖/‖W‖ is recorded per layer: as
+Z ← Π(W + U) (projection onto the planned rank set by the final decomposition's own algorithm: HOOI
+for Tucker-2, TT-SVD for both TT types, HT-2, SVD for SVD and Tucker-1; in torch on the training device),
+then U ← U + W − Z. The projection gap ‖W − Z‖/‖W‖ is recorded per layer: as
 it shrinks, decomposing W at the end loses less accuracy.
 """
 
@@ -18,27 +19,45 @@ from ..layers import weight_matrix_of
 from ..plan import Plan
 
 
-def project(weight: Tensor, method: str, ranks: list[int]) -> Tensor:
-    """Nearest tensor of the planned rank (quasi-optimal for Tucker-2/TT), same shape as ``weight``.
+def project(weight: Tensor, method: str, ranks: list[int], *, modes: list[list[int]] | None = None,
+            iters: int = 5) -> Tensor:
+    """Nearest tensor of the planned rank set, by the same algorithm as the final decomposition.
 
     Args:
         weight: conv kernel (O, I, kh, kw) or Linear weight (O, I).
-        method: ``tucker2`` (HOSVD), ``tt`` (TT-SVD of (O, kh·kw, I)), ``svd`` (matrix (O, I·kh·kw)) or ``ht2``
-            (hierarchical Tucker-2, the same algorithm as the final decomposition).
+        method: ``tucker2`` (HOSVD start + ``iters`` HOOI sweeps, as `tdexport.planner.compress`), ``tt``
+            (TT-SVD of (O, kh·kw, I)), ``ttg`` (general TT over ``modes``, in the one mode order the layers use),
+            ``ht2``, ``tucker1`` or ``svd`` (matrix (O, I·kh·kw)).
         ranks: the plan's ranks for that method.
+        modes: general TT's [[i_1…i_n], [o_1…o_m]].
+        iters: HOOI sweeps for Tucker-2 (the plan's ``options["iters"]``).
+
+    Returns:
+        The projection, same shape and dtype as ``weight``.
+
+    Raises:
+        ValueError: a method ADMM cannot project onto (cp: no closed-form nearest point; reorder: a storage
+            format, not a rank).
     """
     w = weight.detach()
     if method == "tucker2":
-        return tucker2(w, (ranks[0], ranks[1])).reconstruct().to(w.dtype)
+        return tucker2(w, (ranks[0], ranks[1]), iters=iters).reconstruct().to(w.dtype)
     if method == "tt":
         return tt_conv(w, (ranks[0], ranks[1])).reconstruct().to(w.dtype)
-    if method == "svd":
+    if method in ("svd", "tucker1"):
+        # Tucker-1 is the truncated SVD of the mode-O unfolding, the same matrix as SVD's (O, I·kh·kw).
         return truncated_svd(weight_matrix_of(w), ranks[0]).reconstruct().reshape(w.shape).to(w.dtype)
     if method == "ht2":
         from ..factor.ht2 import ht2
 
         return ht2(w, ranks).reconstruct().to(w.dtype)
-    raise ValueError(f"ADMM cannot project with method {method!r} (use tucker2, tt, svd or ht2)")
+    if method == "ttg":
+        from ..factor.tt_general import tt_general
+
+        if modes is None:
+            raise ValueError("projecting onto general TT needs the plan's modes")
+        return tt_general(w, modes[0], modes[1], list(ranks)).reconstruct().to(w.dtype)
+    raise ValueError(f"ADMM cannot project with method {method!r} (use tucker2, tt, ttg, ht2, tucker1 or svd)")
 
 
 class Admm:
@@ -57,13 +76,18 @@ class Admm:
         self.targets = [(e.name, e.method, list(e.ranks)) for e in plan.layers if e.decision == "decomposed"]
         if not self.targets:
             raise ValueError("the plan decomposes no layer, so ADMM has nothing to constrain")
+        self.modes = {e.name: e.modes for e in plan.layers if e.decision == "decomposed"}
+        self.iters = int(plan.options.get("iters", 5))
         modules = dict(model.named_modules())
         self.params = {name: modules[name].weight for name, _, _ in self.targets}
         self.rho0, self.rho_final, self.total = float(rho), rho_final, max(1, total_updates)
         self.updates = 0
-        self.z = {n: project(self.params[n], m, r) for n, m, r in self.targets}
+        self.z = {n: self._project(self.params[n], n, m, r) for n, m, r in self.targets}
         self.u = {n: torch.zeros_like(self.params[n]) for n, _, _ in self.targets}
         self.history: list[dict] = []
+
+    def _project(self, weight: Tensor, name: str, method: str, ranks: list[int]) -> Tensor:
+        return project(weight, method, ranks, modes=self.modes.get(name), iters=self.iters)
 
     @property
     def rho(self) -> float:
@@ -91,7 +115,7 @@ class Admm:
         """Z ← Π(W + U), U ← U + W − Z; returns and records ``{step, rho, mean_gap, gaps}``."""
         for n, method, ranks in self.targets:
             w = self.params[n].detach()
-            self.z[n] = project(w + self.u[n], method, ranks)
+            self.z[n] = self._project(w + self.u[n], n, method, ranks)
             self.u[n] += w - self.z[n]
         self.updates += 1
         gaps = self.gaps()

@@ -20,7 +20,7 @@ from .. import checkpoint
 from ..api import classifier_width
 from ..data import DataBundle, load_data, make_loader
 from ..errors import UsageError
-from ..plan import Plan
+from ..plan import Plan, normalise_format
 from ..planner import compress
 from ..zoo import create_model, model_info
 from . import dist
@@ -155,7 +155,8 @@ def admm(model_name: str, *, format: str, rank: str, data: str | DataBundle, cfg
 
     Args:
         model_name: zoo name.
-        format: ``tucker`` (Tucker-2), ``tt`` (TT-SVD, 3 cores) or ``svd`` (1×1 convs and Linear).
+        format: ``tucker`` (Tucker-2), ``tt`` (TT-SVD, 3 cores; ``tt_type="general"`` in ``compress_options`` for
+            the general TT), ``ht2`` or ``svd`` (1×1 convs and Linear).
         rank: rank rule (``ratio:0.5``, ``vbmf``, …).
         data: data spec or `DataBundle`.
         cfg: training settings.
@@ -177,8 +178,9 @@ def admm(model_name: str, *, format: str, rank: str, data: str | DataBundle, cfg
         error ‖W − Ŵ‖_F / ‖W‖_F of the plan's decomposition of the starting weights (e0) and of the trained
         weights (e1) at the same ranks; lowering it is what ADMM is for.
     """
-    if format.lower() not in ("tucker", "tucker2", "tk", "tt", "svd"):
-        raise UsageError(f"admm supports --format tucker, tt or svd, not {format!r}")
+    if normalise_format(format) in ("cp", "reorder"):
+        raise UsageError(f"admm supports --format tucker, tt (special or general), ht2 or svd, not {format!r}: "
+                         "cp has no closed-form projection and reorder has no rank set")
     if rho <= 0 or admm_every < 1:
         raise UsageError(f"--rho must be > 0 and --admm-every ≥ 1 (got {rho}, {admm_every})")
     ctx, bundle = _prepare(cfg, data, download)
