@@ -38,7 +38,7 @@ from .factor._spectral import Spectrum
 from .ranks import RankRule
 
 if TYPE_CHECKING:
-    from .planner import LayerSite
+    from .sites import LayerSite
 
 __all__ = ["AllowFn", "CostFn", "rank_grid", "chain_params_macs", "metric_cost", "layer_options", "BudgetChoice",
            "choose_ranks"]

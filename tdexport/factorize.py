@@ -123,28 +123,6 @@ class _Spectra:
         return self._cache["matrix"]
 
 
-def _ht2_ranks(weight: torch.Tensor, rule: RankRule, spectra: _Spectra, round_to: int | None) -> list[int]:
-    """(R1, R13, R3): the rule on the input and output modes, then on the matrix HT-2's root is fitted to.
-
-    R13 follows the same rule applied to Y = W ×_I U1ᵀ ×_O U3ᵀ arranged (R1·kh × R3·kw) at the chosen R1 and
-    R3 (for ``energy:`` this is the HT-2 seed's rule, measured on the matrix actually truncated).
-    """
-    from .factor.ht2 import ht2_projected_matrix
-
-    r3, r1 = (mode_rank(rule, weight.shape[m], values=spectra.mode(m).values if rule.needs_spectrum else None,
-                        shape=tuple(unfold(weight, m).shape) if rule.needs_spectrum else None, round_to=round_to)
-              for m in (0, 1))
-    kh, kw = weight.shape[2], weight.shape[3]
-    size = min(r1 * kh, r3 * kw)
-    values = shape = None
-    if rule.needs_spectrum:
-        w64 = weight.to(torch.float64)
-        y = ht2_projected_matrix(w64, spectra.mode(1).vectors[:, :r1], spectra.mode(0).vectors[:, :r3])
-        values, shape = torch.linalg.svdvals(y), tuple(y.shape)
-    r13 = min(size, mode_rank(rule, size, values=values, shape=shape, round_to=round_to))
-    return [r1, r13, r3]
-
-
 def format_options(format: str, tt_type: str, tt_shape: Sequence[str], groups: int, coef_ratio: float,
                     progressive: bool, progressive_ref: float, stem_method: str | None) -> tuple[str, MethodOptions]:
     """The canonical format (``tt`` + general → ``ttg``) and its `MethodOptions`, refusing misplaced options."""
@@ -344,11 +322,12 @@ def _decompose(method: str, module: nn.Module, ranks: list[int], spectra: _Spect
 
 
 def reorder_ranks(numel: int, groups: int, ratio: float) -> list[int]:
-    """[g, t] for reordering a weight of ``numel`` elements: t = ⌈ratio·n⌉ of n = ⌈N/g⌉ (as `reorder_compress`)."""
+    """[g, t] for a weight of ``numel`` elements (`tdexport.layers_reorder.reorder_ranks`); bad g: `UsageError`."""
+    from .layers_reorder import reorder_ranks as ranks_of
+
     if not 1 <= groups <= numel:
         raise UsageError(f"--groups {groups} must be in [1, {numel}] (the layer's weight elements)")
-    n = -(-numel // groups)
-    return [groups, min(n, max(1, math.ceil(ratio * n - 1e-9)))]
+    return ranks_of(numel, groups, ratio)
 
 
 def reorder_storage_ratio(numel: int, groups: int, kept: int, *, value_bits: int = 32) -> float:

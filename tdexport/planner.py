@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +43,7 @@ from .selection import check_globs as _check_globs
 from .selection import check_replay_names as _check_replay_names
 from .selection import eligibility as _eligibility
 from .selection import ends as _ends
+from .sites import LayerSite, profile_layers, site_cost
 from .speed_plan import TargetCosts, as_target, budget_on_target, latency_choice, pays, slow_layers
 
 __all__ = ["LayerSite", "profile_layers", "compress", "survey", "TIMED_METHODS"]
@@ -53,78 +53,8 @@ __all__ = ["LayerSite", "profile_layers", "compress", "survey", "TIMED_METHODS"]
 TIMED_METHODS = ("tucker2", "tt", "cp", "svd", "ht2", "tucker1")
 
 
-@dataclass
-class LayerSite:
-    """Where a Conv2d / Linear sits in a forward pass.
-
-    Attributes:
-        name: its first dotted name.
-        module: the layer.
-        in_hw: input (H, W) of a conv at its first call; None for Linear.
-        tokens: rows a Linear sees per sample at its first call (1 for a classifier).
-        calls: how many times one forward pass runs it.
-        aliases: every dotted name it is registered under (weight sharing gives more than one).
-        call_inputs: (in_hw, tokens) of every call, so a layer reused at another resolution is costed right.
-    """
-
-    name: str
-    module: nn.Module
-    in_hw: tuple[int, int] | None
-    tokens: int
-    calls: int = 1
-    aliases: tuple[str, ...] = ()
-    call_inputs: list[tuple[tuple[int, int] | None, int]] = field(default_factory=list)
-
-
-def profile_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSite]:
-    """Run one sample of shape (C, H, W) through ``model`` and record every Conv2d / Linear it executes.
-
-    Returns:
-        Sites in execution order (layers never executed, e.g. auxiliary heads in eval, are absent).
-    """
-    sites: dict[int, LayerSite] = {}
-    aliases = module_aliases(model)
-    hooks = []
-
-    def record(module: nn.Module, inputs: tuple, _out: Any) -> None:
-        x = inputs[0]
-        if isinstance(module, nn.Conv2d):
-            call = ((int(x.shape[-2]), int(x.shape[-1])), 1)
-        else:
-            call = (None, int(x.numel() // x.shape[-1]))
-        site = sites.get(id(module))
-        if site is None:
-            names = tuple(aliases[id(module)])
-            site = sites[id(module)] = LayerSite(names[0], module, call[0], call[1], 0, names)
-        site.calls += 1
-        site.call_inputs.append(call)
-
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            hooks.append(m.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return list(sites.values())
-
-
-def _site_cost(site: LayerSite, chain: Sequence[nn.Module]) -> tuple[int, int]:
-    """(params, MACs summed over every call of the site) of ``chain`` standing in for the site's layer."""
-    params, _ = L.chain_cost(chain, in_hw=site.in_hw, tokens=site.tokens)
-    calls = site.call_inputs or [(site.in_hw, site.tokens)]
-    macs = sum(L.chain_cost(chain, in_hw=hw, tokens=tokens)[1] for hw, tokens in calls)
-    return params, macs
-
-
 def _kept(site: LayerSite, reason: str, method: str | None = None, ranks: Sequence[int] = ()) -> LayerPlan:
-    params, macs = _site_cost(site, [site.module])
+    params, macs = site_cost(site, [site.module])
     return LayerPlan(site.name, _type_name(site.module), list(site.module.weight.shape), method,
                      list(ranks), "kept", reason, params, params, macs, macs, None,
                      list(site.in_hw) if site.in_hw else None, site.tokens)
@@ -295,6 +225,11 @@ def compress(
         if costs is not None and name in costs.timings:
             entry.dense_ms, entry.chain_ms = costs.timings[name]
     timed = {n: c for n, c in chosen.items() if c[1] in TIMED_METHODS}
+    if costs is not None:
+        for name in set(chosen) - set(timed):
+            site, method, ranks, reason, modes = chosen[name]
+            why = "runs dense after export" if method == "reorder" else "its chain reshapes between cores"
+            chosen[name] = (site, method, ranks, f"{reason} (not timed on the target: {why})", modes)
     if costs is not None and timed:
         times = costs.verdicts({n: (site, method, ranks) for n, (site, method, ranks, _, _) in timed.items()})
         for name, (dense, chain) in times.items():
@@ -319,7 +254,7 @@ def compress(
         replaced = new_model.get_submodule(site.name)
         for name in new_aliases[id(replaced)]:
             set_submodule(new_model, name, seq)
-        before, after = _site_cost(site, [m]), _site_cost(site, seq)
+        before, after = site_cost(site, [m]), site_cost(site, seq)
         dense_ms, chain_ms = costs.timings.get(site.name, (None, None)) if costs is not None else (None, None)
         storage = reorder_storage_ratio(m.weight.numel(), *ranks) if method == "reorder" else None
         entries.append(LayerPlan(site.name, _type_name(m), list(m.weight.shape), method, ranks,
@@ -381,10 +316,10 @@ def _decide(site: LayerSite, eligible: tuple[str | None, str], rule: RankRule, r
             return _kept(site, f"no storage saving at g={ranks[0]}, t={ranks[1]} ({storage:.2f} of dense)",
                          method, ranks)
         return site, method, ranks, reason, modes
-    before = _site_cost(site, [m])
+    before = site_cost(site, [m])
     with torch.device("meta"):  # shapes only: a general-TT or HT-2 chain need not allocate to be counted
         chain = L.structure_for(method, m, ranks, modes=modes)
-    after = _site_cost(site, chain)
+    after = site_cost(site, chain)
     if not (after[0] < before[0] and after[1] < before[1]):
         return _kept(site, f"no parameter and MAC saving at ranks {ranks}", method, ranks)
     return site, method, ranks, reason, modes
@@ -397,6 +332,7 @@ def survey(model: nn.Module, *, format: str = "tucker", input_shape: Sequence[in
     Each reason says what ``format`` would do (``eligible for tucker2``) or why the layer would stay dense.
     """
     fmt = normalise_format(format)
+    model, _ = with_explicit_attention(model)
     sites = profile_layers(model, input_shape)
     stem, classifier = _ends(sites)
     entries = []

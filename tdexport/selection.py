@@ -19,7 +19,7 @@ from .errors import UsageError
 from .plan import Plan, allowed_methods, factorable
 
 if TYPE_CHECKING:
-    from .planner import LayerSite
+    from .sites import LayerSite
 
 __all__ = ["check_globs", "check_replay_names", "eligibility", "ends", "method_for"]
 

@@ -26,7 +26,7 @@ from .speed import ModelSpeed
 
 if TYPE_CHECKING:
     from .budget_plan import BudgetChoice
-    from .planner import LayerSite
+    from .sites import LayerSite
 
 __all__ = ["PAYS_MARGIN", "TOLERANCE", "TargetCosts", "pays", "as_target", "budget_on_target", "latency_choice",
            "model_signature", "slow_layers"]

@@ -70,5 +70,7 @@ def totals_line(plan: Plan) -> str:
         f"({_ratio(t['params_before'], t['params_after'])} smaller); "
         f"MACs {human(t['macs_before'])} → {human(t['macs_after'])} "
         f"({_ratio(t['macs_before'], t['macs_after'])} fewer) at input {'×'.join(map(str, plan.input_shape))}"
+        + (f"; weight storage {_ratio(t['storage_bits_before'], t['storage_bits_after'])} smaller (reordered, "
+           "runs dense)" if t.get("storage_bits_after") else "")
         + budget
     )

@@ -24,7 +24,7 @@ __all__ = ["FILES", "layer_rows", "write_report"]
 FILES = {"json": "report.json", "markdown": "report.md", "plot_layers": "plot_layers.png",
          "plot_latency": "plot_latency.png"}
 _LAYER_KEYS = ("name", "type", "shape", "decision", "method", "ranks", "params_before", "params_after",
-               "macs_before", "macs_after", "rel_error", "reason", "dense_ms", "chain_ms")
+               "macs_before", "macs_after", "rel_error", "reason", "dense_ms", "chain_ms", "modes", "storage_ratio")
 
 
 def layer_rows(plan: Plan | Mapping[str, Any] | None) -> list[dict[str, Any]]:
