@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 from test_layers import CONV_GEOMETRIES
+from test_layers import _conv as _layer_conv
+from test_layers import _input as _x
 from torch import nn
 
 import tdexport
@@ -25,16 +27,8 @@ def _rel(a, b):
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
-def _conv(geom, cin=12, cout=10, bias=True):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(cin, cout, bias=bias, **geom).double()
-    if bias:
-        nn.init.normal_(conv.bias)
-    return conv
-
-
-def _x(c, hw=(13, 11)):
-    return torch.randn(2, c, *hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+def _conv(geom):
+    return _layer_conv(12, 10, True, **geom)
 
 
 @pytest.mark.parametrize("geom", CONV_GEOMETRIES)
@@ -69,7 +63,8 @@ def _count_macs(model, x):
         nonlocal total
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
-            total += out.shape[0] * out.shape[-2] * out.shape[-1] * (m.in_channels // m.groups) * kh * kw * m.out_channels
+            per_pixel = (m.in_channels // m.groups) * kh * kw * m.out_channels
+            total += out.shape[0] * out.shape[-2] * out.shape[-1] * per_pixel
         else:
             total += inputs[0].numel() // inputs[0].shape[-1] * m.in_features * m.out_features
 
@@ -247,3 +242,57 @@ def test_cli_formats_write_plans(cli, tmp_path):
     assert cli(["compress", "resnet20", "--weights", "random", "--format", "tt", "--tt-shape", "x",
                 "--tt-type", "general", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method, ranks, modes", [
+    ("tucker2", [6, 5], None),
+    ("ttg", [3, 7, 7, 3], [[4, 3], [5, 2]]),
+    ("ht2", [5, 9, 6], None),
+    ("tucker1", [4], None),
+])
+def test_admm_projection_lands_in_the_rank_set(method, ranks, modes):
+    from tdexport.train.admm import project
+
+    torch.manual_seed(0)
+    w = torch.randn(10, 12, 3, 3, dtype=torch.float64)
+    z = project(w, method, ranks, modes=modes, iters=5)
+    assert z.shape == w.shape and _rel(z, w) > 0.05
+    # a point of the rank set is its own projection (the same algorithm, the same mode order)
+    assert _rel(project(z, method, ranks, modes=modes, iters=5), z) < 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, method", [
+    (["--format", "tt", "--tt-type", "general"], "ttg"),
+    (["--format", "ht2"], "ht2"),
+])
+def test_admm_runs_end_to_end_for_general_tt_and_ht2(baseline, tmp_path, cli, args, method):
+    base, _ = baseline
+    out = tmp_path / "admm"
+    assert cli(["admm", "resnet20", "--weights", str(base), *args, "--rank", "ratio:0.5", "--data", "digits",
+                "--epochs", "1", "--admm-every", "5", "--device", "cpu", "--out", str(out), "-q"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    decomposed = [e for e in plan["layers"] if e["decision"] == "decomposed"]
+    assert decomposed and {e["method"] for e in decomposed if e["type"] == "Conv2d"} == {method}
+    assert len(metrics["admm_history"]) == (1437 // 64) // 5
+    assert set(metrics["rel_error"]) == {e["name"] for e in decomposed}
+    assert 0 <= metrics["decomposed_test_top1"] <= 100
+    assert tdexport.load(out) is not None
+
+
+def test_report_and_totals_state_reorder_storage_apart_from_params_and_macs(resnet20):
+    from tdexport.table import totals_line
+    from tdexport.validate.markdown import render_markdown
+    from tdexport.validate.report import build_report
+
+    plan = compress(resnet20, format="reorder", groups=4, coef_ratio=0.25, input_shape=(3, 32, 32)).plan
+    t = plan.totals
+    report = build_report(plan=plan)
+    assert report["storage"] == {"original_bits": t["storage_bits_before"], "compressed_bits": t["storage_bits_after"],
+                                 "ratio": t["storage_bits_before"] / t["storage_bits_after"]}
+    assert report["macs"]["original"] == report["macs"]["compressed"]
+    assert all(row["storage_ratio"] is not None for row in report["layers"] if row["decision"] == "decomposed")
+    assert "weight storage" in render_markdown(report, report["layers"])
+    assert f"weight storage {t['storage_bits_before'] / t['storage_bits_after']:.2f}x smaller" in totals_line(plan)
+    assert build_report(plan=compress(resnet20, rank="ratio:0.5", input_shape=(3, 32, 32)).plan)["storage"] is None

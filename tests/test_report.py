@@ -179,7 +179,8 @@ def test_write_report_json_has_every_key_with_its_type(tmp_path):
     assert conv == {"name": "block.conv", "type": "Conv2d", "shape": [64, 64, 3, 3], "decision": "decomposed",
                     "method": "tucker2", "ranks": [16, 16], "params_before": 36_928, "params_after": 4_416,
                     "macs_before": 37_748_736, "macs_after": 4_456_448, "rel_error": 0.41,
-                    "reason": "rank rule ratio:0.25", "dense_ms": None, "chain_ms": None}
+                    "reason": "rank rule ratio:0.25", "dense_ms": None, "chain_ms": None, "modes": None,
+                    "storage_ratio": None}
     assert data["target"] is None  # the plan was made without a target
 
     for key in ("plot_layers", "plot_latency"):

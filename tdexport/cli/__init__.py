@@ -3,8 +3,9 @@
 Exit codes: 0 ok · 1 internal error · 2 usage or input error · 3 a validation gate failed ·
 4 a requested backend or optional package is unavailable.
 
-Commands live by theme in `model_cmds` (compress, inspect, models), `train_cmds` (train, finetune, admm)
-and `deploy_cmds` (export, validate, compress-and-export); shared options in `options`.
+Commands live by theme in `model_cmds` (compress, inspect, models), `train_cmds` (train, finetune, admm),
+`deploy_cmds` (export, validate, compress-and-export) and `recipe_cmds` (the recipe group); shared options in
+`options`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import TdexportError, user_message
 from .deploy_cmds import compress_and_export, export, validate
 from .engine_cmds import build_engine
 from .model_cmds import compress, inspect, models
+from .recipe_cmds import recipe
 from .train_cmds import admm, finetune, train
 
 __all__ = ["cli", "main"]
@@ -31,7 +33,7 @@ def cli() -> None:
 
 
 for _command in (compress, inspect, models, train, finetune, admm, export, validate, compress_and_export,
-                 build_engine):
+                 build_engine, recipe):
     cli.add_command(_command)
 
 

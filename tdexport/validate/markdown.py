@@ -13,7 +13,7 @@ from .gates import GATES
 from .latency import SPEEDUP_METHOD_TEXT
 from .parity import PARITY_KEYS
 
-__all__ = ["headline_table", "render_markdown"]
+__all__ = ["headline_table", "published_table", "render_markdown"]
 
 _STAT_KEYS = ("count", "mean", "stdev", "p50", "p90", "p95", "p99", "throughput")
 
@@ -64,6 +64,11 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]
         ratio = pair.get("ratio")
         rows.append((label, _count(pair.get("original")), _count(pair.get("compressed")),
                      f"{ratio:.2f}x {verb}" if ratio else "-"))
+    storage = report.get("storage")
+    if storage:  # reordered weights: stored smaller, run dense (params above count the trainable coefficients)
+        rows.append(("weight storage, MiB (reorder: coefficients + packed index)",
+                     _num(storage["original_bits"] / 8 / 2**20), _num(storage["compressed_bits"] / 8 / 2**20),
+                     f"{storage['ratio']:.2f}x smaller"))
     if report.get("accuracy"):
         for backend, acc in report["accuracy"].items():
             where = f"{backend}, {acc.get('dataset') or 'data'}, n={acc.get('samples')}"
@@ -181,7 +186,7 @@ def _environment_section(env: Mapping[str, Any]) -> list[str]:
 
 
 def render_markdown(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> str:
-    """report.md: headline, gates, parity per backend, warnings, latency detail, environment, layer table.
+    """report.md: headline, gates, published vs ours, parity per backend, warnings, latency, environment, layers.
 
     Args:
         report: a dict from `tdexport.validate.report.build_report` (or a loaded report.json).
@@ -214,6 +219,7 @@ def render_markdown(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any
     else:
         out += ["No gates requested.", ""]
 
+    out += _published_section(report.get("published"))
     out += _parity_section(report)
     out += _precision_section(report.get("precision"))
 
@@ -293,4 +299,56 @@ def _precision_section(block: Mapping[str, Any] | None) -> list[str]:
                              speed if label == "compressed" else ""))
     out += _md_table(("precision", "backend", "model", "top-1", "top-1 agreement with fp32", "logits cosine",
                       "top-1 drop vs original fp32 (pts)", "speedup at this precision"), rows)
+    return out
+
+
+_PUBLISHED_LABELS = {"top1": "top-1 %", "top5": "top-5 %", "baseline_top1": "original top-1 %",
+                     "params_ratio": "params reduction", "macs_ratio": "MACs reduction",
+                     "storage_ratio": "storage reduction"}
+
+
+def _published_rows(block: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, published, ours, difference) for every metric either side has."""
+    rows = []
+    for key, entry in (block.get("metrics") or {}).items():
+        if entry.get("published") is None and entry.get("ours") is None:
+            continue
+        ratio = key.endswith("_ratio")
+        fmt, unit = (".2f", "x") if ratio else (".2f", "")
+        diff = entry.get("difference")
+        rows.append((_PUBLISHED_LABELS.get(key, key), _num(entry.get("published"), fmt, unit),
+                     _num(entry.get("ours"), fmt, unit),
+                     "-" if diff is None else f"{diff:+.2f}{'x' if ratio else ' pt'}"))
+    return rows
+
+
+def published_table(report: Mapping[str, Any]) -> str:
+    """Plain-text "published vs ours" table of ``report["published"]`` (empty string without one)."""
+    block = report.get("published")
+    if not block:
+        return ""
+    rows = [("", "published", "ours", "difference")] + _published_rows(block)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    if block.get("accuracy_from"):
+        lines.append(f"our accuracy: {block['accuracy_from']}")
+    if block.get("source"):
+        lines.append(f"published: {block['source']}")
+    return "\n".join(lines)
+
+
+def _published_section(block: Mapping[str, Any] | None) -> list[str]:
+    """The paper's numbers beside ours, with where each side comes from."""
+    if not block:
+        return []
+    out = ["## Published vs ours", ""]
+    if block.get("source"):
+        out += [f"Published: {block['source']}.", ""]
+    out += _md_table(("metric", "published", "ours", "difference"), _published_rows(block))
+    if block.get("accuracy_from"):
+        out += [f"Our accuracy: {block['accuracy_from']}; a different data set or protocol than the paper's makes "
+                "the accuracy difference meaningless.", ""]
+    if block.get("note"):
+        out += [f"Note: {block['note']}", ""]
     return out

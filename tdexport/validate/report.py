@@ -44,6 +44,7 @@ __all__ = [
     "headline_table",
     "headline_values",
     "parity_reference",
+    "published_block",
     "render_markdown",
     "write_report",
 ]
@@ -272,6 +273,7 @@ def build_report(
     headline: tuple[str, int] | None = None,
     created: datetime | None = None,
     precision: Mapping[str, Any] | None = None,
+    published: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dict (schema version 2) from plain measurements; writes nothing.
 
@@ -301,6 +303,9 @@ def build_report(
         created: timestamp (UTC); default now.
         precision: reduced-precision results (`tdexport.validate.reduced.measure_precisions`); None when only
             fp32 was measured.
+        published: what a paper reports for this experiment, shown beside our measurements (see
+            `published_block`): ``{top1, top5, baseline_top1, params_ratio, macs_ratio, storage_ratio, note,
+            source}``, any of them None; None: no ``published`` key in the report.
 
     Returns:
         A JSON-ready dict with keys ``schema_version`` (2), ``created`` (UTC ISO 8601), ``environment`` (see
@@ -317,7 +322,8 @@ def build_report(
         without gates), ``units``, ``layers`` (the per-layer table, with ``dense_ms`` / ``chain_ms`` measured on
         the plan's target) and ``target`` (`tdexport.validate.speed_report.target_block`; None when the plan
         had no target), ``precision`` (fp16 / int8 results beside fp32, see `tdexport.validate.reduced`; None
-        when only fp32 was measured). Non-finite floats become None.
+        when only fp32 was measured), and with ``published`` given, ``published`` (`published_block`).
+        Non-finite floats become None.
 
     Raises:
         ValueError: ``parity`` has a ``torch`` entry (it is the reference) or a backend entry with keys
@@ -362,6 +368,7 @@ def build_report(
         "params": _pair(*params),
         "macs": _pair(*macs),
         "mac_reduction": mac_reduction,
+        "storage": _storage_block(totals),
         "accuracy": accuracy_out,
         "accuracy_note": accuracy_note,
         "parity": parity_out,
@@ -382,4 +389,60 @@ def build_report(
         "target": target_block(plan_data, layer_rows(plan_data), latency_out),
         "precision": dict(precision) if precision else None,
     }
+    if published is not None:
+        report["published"] = published_block(published, report)
     return _clean(report)
+
+
+def _storage_block(totals: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Weight storage of a reordered model in bits (original, compressed, ratio); None for other formats."""
+    before, after = totals.get("storage_bits_before"), totals.get("storage_bits_after")
+    if not before or not after:
+        return None
+    return {"original_bits": before, "compressed_bits": after, "ratio": before / after}
+
+
+#: Metrics a paper may report, in report order: (key, what it is).
+PUBLISHED_METRICS = (("top1", "compressed top-1 %"), ("top5", "compressed top-5 %"),
+                     ("baseline_top1", "original top-1 %"), ("params_ratio", "parameter reduction (x)"),
+                     ("macs_ratio", "MAC reduction (x)"), ("storage_ratio", "weight storage reduction (x)"))
+
+
+def published_block(published: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    """A paper's numbers beside the same numbers measured in ``report``: the "published vs ours" block.
+
+    Args:
+        published: ``{top1, top5, baseline_top1 (percent), params_ratio, macs_ratio, storage_ratio (x, original
+            / compressed), note, source}``; missing keys count as None (not reported).
+        report: a report dict from `build_report` (or a loaded report.json): ours are its params / MACs /
+            storage ratios and the accuracy on the headline backend (the first latency backend when it measured
+            accuracy, else the first that did).
+
+    Returns:
+        ``{"source": str | None, "note": str | None, "accuracy_from": "BACKEND on DATASET (n=N)" | None,
+        "metrics": {key: {"published": x | None, "ours": x | None, "difference": ours − published | None}}}``
+        with the keys of `PUBLISHED_METRICS`. Accuracies are percent; a different data set or evaluation
+        protocol (a digits run of an ImageNet recipe) makes the difference meaningless, and ``accuracy_from``
+        says what ours was measured on.
+    """
+    accuracy = report.get("accuracy") or {}
+    headline = (report.get("headline") or {}).get("backend")
+    backend = headline if headline in accuracy else next(iter(accuracy), None)
+    acc = accuracy.get(backend) if backend is not None else None
+    storage = report.get("storage") or {}
+    ours = {
+        "top1": acc["compressed"]["top1"] if acc else None,
+        "top5": acc["compressed"]["top5"] if acc else None,
+        "baseline_top1": acc["original"]["top1"] if acc else None,
+        "params_ratio": (report.get("params") or {}).get("ratio"),
+        "macs_ratio": (report.get("macs") or {}).get("ratio"),
+        "storage_ratio": storage.get("ratio"),
+    }
+    metrics = {}
+    for key, _ in PUBLISHED_METRICS:
+        theirs, mine = published.get(key), ours[key]
+        metrics[key] = {"published": theirs, "ours": mine,
+                        "difference": mine - theirs if theirs is not None and mine is not None else None}
+    return _clean({"source": published.get("source"), "note": published.get("note"),
+                   "accuracy_from": f"{backend} on {acc.get('dataset')} (n={acc.get('samples')})" if acc else None,
+                   "metrics": metrics})
