@@ -150,7 +150,7 @@ def run_recipe(recipe: Recipe, *, out: str | os.PathLike[str], data_root: str | 
             ``calib_size``, ``int8_target``); the recipe decides backends, batch sizes, precisions and gates.
 
     Returns:
-        The report dict (report.json), with its ``published`` block (`tdexport.validate.report.published_block`).
+        The report dict (report.json), with its ``published`` block (`tdexport.validate.published.published_block`).
 
     Raises:
         UsageError: bad input found by the checks (exit 2), before anything expensive runs.
@@ -274,7 +274,7 @@ def run_recipe(recipe: Recipe, *, out: str | os.PathLike[str], data_root: str | 
 def _with_published(recipe: Recipe, out: Path, plan: Any) -> dict[str, Any]:
     """Add (or refresh) report.json's ``published`` block and rewrite the report files."""
     from ..validate.files import write_report
-    from ..validate.report import published_block
+    from ..validate.published import published_block
 
     report = json.loads((out / "report.json").read_text())
     block = published_block(published_of(recipe), report)
