@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from ..errors import UsageError
-from .schema import SchemaError, resolve
+from .checks import SchemaError
+from .schema import resolve
 
 __all__ = ["Recipe", "default_root", "load_recipe", "list_recipes", "parse_override", "to_yaml", "NAME_PATTERN"]
 
