@@ -113,6 +113,7 @@ class Row:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     load: float = 0.0
+    calls: list[dict[str, float]] = field(default_factory=list)
     err2_sum: float = 0.0
     err_max: float = 0.0
     decomposed: int = 0
@@ -227,8 +228,11 @@ def paired(orig: Path, comp: Path, shape: tuple[int, ...], batch: int, args: arg
 
 
 def run_method(row: Row, method: Method, dense: torch.nn.Module, shape: tuple[int, ...], name: str,
-               goal: float, args: argparse.Namespace) -> Any:
-    """Search ``method``'s knob for ``goal``, then compress once for real (timed); fills ``row``."""
+               goal: float, args: argparse.Namespace, reuse: tuple[float, bool] | None = None) -> Any:
+    """Search ``method``'s knob for ``goal`` (or take ``reuse`` = (value, reached)), then compress for real.
+
+    The real compress runs ``args.repeat`` times; ``row.seconds`` is the fastest call's wall clock.
+    """
 
     def call(value: float, cheap: bool) -> Any:
         opts = {**method.options, **(method.cheap if cheap else {})}
@@ -238,23 +242,32 @@ def run_method(row: Row, method: Method, dense: torch.nn.Module, shape: tuple[in
                         model_name=name, **opts)
 
     t0 = time.perf_counter()
-    if method.knob == "coef_ratio":
+    predicted = None
+    if reuse is not None:
+        row.value, row.reached = reuse
+    elif method.knob == "coef_ratio":
         reduction_at = reorder_storage_model(dense, shape, args.groups)
+        row.value, predicted, row.reached, row.search_calls = bisect_knob(reduction_at, goal, 0.01, 1.0, args.tol)
     else:
         def reduction_at(value: float) -> float:
             return reductions(call(value, cheap=True).plan)[row.basis]
-    row.value, predicted, row.reached, row.search_calls = bisect_knob(reduction_at, goal, 0.01, 1.0, args.tol)
+        row.value, predicted, row.reached, row.search_calls = bisect_knob(reduction_at, goal, 0.01, 1.0, args.tol)
     row.search_seconds = time.perf_counter() - t0
     row.rule = f"coef_ratio={row.value:g} g={args.groups}" if method.knob == "coef_ratio" else \
         f"{method.knob}:{row.value:g}"
-    gc.collect()
-    row.load = os.getloadavg()[0]
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = call(row.value, cheap=False)
-    row.seconds, row.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    for _ in range(max(1, args.repeat)):
+        result = None
+        gc.collect()
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = call(row.value, cheap=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        row.calls.append({"seconds": wall, "cpu_seconds": cpu, "load": load})
+        if len(row.calls) == 1 or wall < row.seconds:
+            row.seconds, row.cpu_seconds, row.load = wall, cpu, load
     red = reductions(result.plan)
     row.params_red, row.macs_red, row.storage_red = red["params"], red["macs"], red.get("storage")
-    if abs(row.matched() / predicted - 1) > 1e-9:
+    if predicted is not None and abs(row.matched() / predicted - 1) > 1e-9:
         print(f"  warning: {row.method} searched reduction {predicted:.4f}× but the final plan has "
               f"{row.matched():.4f}×", flush=True)
     decomposed = [e for e in result.plan.layers if e.decision == "decomposed"]
@@ -295,9 +308,12 @@ def summary(args: argparse.Namespace, load_start: tuple[float, ...], minutes: fl
     return (f"goal {args.goal:g}× {basis} (reorder: storage, it saves no MACs); (max) = goal not reachable, "
             f"closest shown. ORT {ort.__version__} CPU, {args.threads} intra-op threads, torch {torch.__version__}, "
             f"{os.cpu_count()} CPUs, load {load_start[0]:.1f} → {os.getloadavg()[0]:.1f}; {minutes:.1f} min.\n"
-            "decomp. s = wall clock of the final compress call (process CPU seconds in brackets), load = 1-min "
-            "load average when it started; Σrel_err² / max over decomposed layers; speedup = original / "
-            "compressed, median of paired ABBA round ratios [min–max].")
+            + (f"knob values reused from {args.rules_from}. " if args.rules_from else "")
+            + "decomp. s = wall clock of the final compress call"
+            + (f" (fastest of {args.repeat})" if args.repeat > 1 else "")
+            + " with its process CPU seconds in brackets, load = 1-min load average when it started; Σrel_err² / "
+            "max over decomposed layers; speedup = original / compressed, median of paired ABBA round ratios "
+            "[min–max].")
 
 
 def write_json(args: argparse.Namespace, rows: list[Row], out: list[list[str]], minutes: float, notes: str) -> None:
@@ -323,13 +339,17 @@ def main() -> None:
                     help="reduction matched to the goal (reorder is always matched on storage)")
     ap.add_argument("--groups", type=int, default=4, help="reorder's g")
     ap.add_argument("--search-cp-iters", type=int, default=2, help="CP ALS iterations of the search calls")
-    ap.add_argument("--tol", type=float, default=0.004, help="the search stops when the knob bracket is this narrow")
+    ap.add_argument("--tol", type=float, default=0.004,
+                    help="the search stops when the knob bracket is this narrow")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     ap.add_argument("--rounds", type=int, default=8, help="minimum paired rounds per measurement")
     ap.add_argument("--round-size", type=int, default=0, help="calls per half-round (0: 5 below batch 8, else 2)")
     ap.add_argument("--duration", type=float, default=3.0, help="minimum timed seconds per measurement")
     ap.add_argument("--warmup", type=float, default=1.0, help="untimed warm-up seconds per model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="real compress calls per method; the fastest is reported")
+    ap.add_argument("--rules-from", type=Path,
+                    help="a --json file of an earlier run: its knob values are reused, no search")
     ap.add_argument("--no-latency", action="store_true", help="skip exports and timing")
     ap.add_argument("--json", type=Path, help="also write the rows and settings here")
     ap.add_argument("--markdown", action="store_true", help="also print the table as markdown")
@@ -344,6 +364,11 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown methods {unknown}; choose from {','.join(known)}")
     torch.set_num_threads(args.threads)
+    reused: dict[tuple[str, str, str], tuple[float, bool]] = {}
+    if args.rules_from:
+        for r in json.loads(args.rules_from.read_text())["rows"]:
+            if not r.get("error"):
+                reused[(r["model"], r["method"], r["basis"])] = (r["value"], r["reached"])
     started, load_start = time.perf_counter(), os.getloadavg()
     head = ["model", "method", "rule found", "params red.", "MAC red.", "decomp. s (cpu s)", "load", "Σrel_err²",
             "max rel_err", "dec/kept", *[f"b{b} speedup [min–max]" for b in batches]]
@@ -359,7 +384,8 @@ def main() -> None:
                 row = Row(name, mname, "storage" if method.knob == "coef_ratio" else args.match)
                 rows.append(row)
                 try:
-                    result = run_method(row, method, dense, shape, name, args.goal, args)
+                    result = run_method(row, method, dense, shape, name, args.goal, args,
+                                        reused.get((name, mname, row.basis)))
                 except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others' rows
                     row.error = f"{type(exc).__name__}: {exc}"
                     print(f"  {mname}: {row.error}", flush=True)
