@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
+from counting import count_macs
 from test_layers import CONV_GEOMETRIES
 from test_layers import _conv as _layer_conv
 from test_layers import _input as _x
-from torch import nn
 
 import tdexport
 from tdexport.errors import UsageError
@@ -52,30 +52,6 @@ def test_full_rank_chains_reproduce_the_layer(method, geom):
         assert _rel(seq(_x(12)), conv(_x(12))) < 1e-12
 
 
-def _count_macs(model, x):
-    """MACs of every Conv2d / Linear the forward runs on a batch of one, counted from the real tensors.
-
-    General-TT convs fold finished output modes into the batch axis, hence the count over the call's batch.
-    """
-    total = 0
-
-    def hook(m, inputs, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            per_pixel = (m.in_channels // m.groups) * kh * kw * m.out_channels
-            total += out.shape[0] * out.shape[-2] * out.shape[-1] * per_pixel
-        else:
-            total += inputs[0].numel() // inputs[0].shape[-1] * m.in_features * m.out_features
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return total
-
-
 @pytest.fixture(scope="module")
 def resnet20():
     torch.manual_seed(0)
@@ -98,7 +74,7 @@ def test_truncated_plans_count_params_and_macs_exactly(resnet20, options):
     x = torch.zeros(1, 3, 32, 32)
     tt_linear = sum(e.macs_after for e in c.plan.layers if e.decision == "decomposed" and e.type == "Linear"
                     and e.method == "ttg")
-    assert _count_macs(c.model, x) + tt_linear == totals["macs_after"] < totals["macs_before"]
+    assert count_macs(c.model, x) + tt_linear == totals["macs_after"] < totals["macs_before"]
     if options.get("include_stem"):
         assert c.plan.layers[0].method == "tucker1" and c.plan.layers[0].decision == "decomposed"
     # plan.json round trip: the rebuilt architecture with the saved weights computes the same outputs

@@ -24,7 +24,7 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _pct(value: float | None) -> str:
+def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -64,7 +64,7 @@ def list_cmd(recipes_dir: Path | None) -> None:
     rows = [("name", "model", "dataset", "method", "top-1 %", "params", "MACs", *(["storage"] if storage else []))]
     for r in runnable:
         p = r.data["published"]
-        rows.append((r.name, r.data["model"]["name"], r.data["data"]["dataset"], r.method(), _pct(p["top1"]),
+        rows.append((r.name, r.data["model"]["name"], r.data["data"]["dataset"], r.method(), _num(p["top1"]),
                      _x(p["params_ratio"]), _x(p["macs_ratio"]), *([_x(p["storage_ratio"])] if storage else [])))
     if runnable:
         click.echo(_table(rows))
@@ -108,9 +108,17 @@ def _dry_run_report(r: Any, summary: dict[str, Any]) -> str:
     rows.append(("MACs reduction", _x(ours["macs_ratio"]), _x(pub["macs_ratio"])))
     if ours["storage_ratio"] is not None or pub["storage_ratio"] is not None:
         rows.append(("storage reduction", _x(ours["storage_ratio"]), _x(pub["storage_ratio"])))
-    rows.append(("top-1 %", "(full run)", _pct(pub["top1"])))
+    if summary["decomposed"] and summary["decomposed"] < summary["layers"]:  # seeds often count these alone
+        rows.append(("params reduction, factored layers", _x(ours["factored_params_ratio"]), "-"))
+        rows.append(("MACs reduction, factored layers", _x(ours["factored_macs_ratio"]), "-"))
+    rows.append(("params (M)" + (", with permutation index" if ours["trainable_millions"] is not None else ""),
+                 f"{ours['params_millions']:.2f}", _num(pub["params_millions"])))
+    if ours["trainable_millions"] is not None or pub["trainable_millions"] is not None:
+        rows.append(("trainable (M)" + (", DCT coefficients" if ours["trainable_millions"] is not None else ""),
+                     _num(ours["trainable_millions"]), _num(pub["trainable_millions"])))
+    rows.append(("top-1 %", "(full run)", _num(pub["top1"])))
     if pub["baseline_top1"] is not None:
-        rows.append(("original top-1 %", "(full run)", _pct(pub["baseline_top1"])))
+        rows.append(("original top-1 %", "(full run)", _num(pub["baseline_top1"])))
     return _table(rows)
 
 

@@ -11,6 +11,8 @@ defaults written there. Choices the contract leaves open, made here:
 
 * ``compression.rank`` is required unless the format is ``reorder`` (no rank rule) or ``ranks`` is given;
   ``rank: null`` with ``ranks`` factors only the listed layers.
+* ``compression.format: none`` is a seed's dense baseline: no layer is factored (the plan keeps them all), so
+  its ``finetune`` stage is the baseline's training and its report compares the model with itself.
 * ``--data-root`` (``data_root=``) overrides ``data.root``; digits ignores both; CIFAR without one uses
   tdexport's default ``./data``; imagenet / folder without one is an error.
 * ``export.engines: true`` adds the ``trt`` backend (TensorRT engines are built per latency batch).

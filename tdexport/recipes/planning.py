@@ -10,14 +10,15 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import math
 import os
 from typing import Any
 
 from ..errors import UsageError, first_line
 from .load import Recipe
 
-__all__ = ["build_model", "compress_kwargs", "compress_recipe", "data_spec", "dry_run", "published_of", "ratios",
-           "require_runnable", "train_config"]
+__all__ = ["build_model", "compress_kwargs", "compress_recipe", "data_spec", "dry_run", "plan_counts", "published_of",
+           "ratios", "require_runnable", "train_config"]
 
 
 def _fail(recipe: Recipe, key: str, message: str) -> UsageError:
@@ -196,8 +197,15 @@ def compress_recipe(recipe: Recipe, model: Any, *, num_classes: int | None = Non
 
         kwargs["progress"] = lambda items: tqdm(items, desc="factorizing", unit="layer", leave=False, disable=None)
     # Without a rule, rank 1 everywhere (the cheapest factorization) only serves to learn each layer's method.
-    result = planner.compress(model, format=comp["format"], rank=comp["rank"] or "1", **kwargs)
-    if comp["ranks"]:
+    baseline = comp["format"] == "none"
+    result = planner.compress(model, format="tucker" if baseline else comp["format"], rank=comp["rank"] or "1",
+                              **kwargs)
+    if baseline:  # every layer kept: the replayed plan is the dense model, through the same code as the others
+        result = planner.compress(model, format="tucker", rank=_explicit(recipe, result.plan), **kwargs)
+        for e in result.plan.layers:
+            e.reason = "compression.format none (the dense baseline)"
+        result.plan.rank_rule = "none (dense baseline)"
+    elif comp["ranks"]:
         edited = _explicit(recipe, result.plan)
         try:
             result = planner.compress(model, format=comp["format"], rank=edited, **kwargs)
@@ -219,6 +227,33 @@ def ratios(totals: dict[str, Any]) -> dict[str, float | None]:
 
     return {"params_ratio": ratio("params_before", "params_after"), "macs_ratio": ratio("macs_before", "macs_after"),
             "storage_ratio": ratio("storage_bits_before", "storage_bits_after")}
+
+
+def plan_counts(plan: Any) -> dict[str, float | None]:
+    """Counts papers print besides whole-model ratios, from a plan's per-layer entries.
+
+    Seeds often report reductions over the layers they factor only (TDC's layer classes print each one's
+    params and FLOPs), and absolute parameter counts (the reordering seed counts its permutation index).
+
+    Returns:
+        ``factored_params_ratio`` / ``factored_macs_ratio``: original / compressed over the decomposed layers
+        (None when none is); ``params_millions``: the compressed model's parameters, plus one per permutation
+        index entry (⌈N/g⌉ per weight of N elements) for reordered layers, in millions; ``trainable_millions``:
+        its trainable parameters in millions, counting only the kept DCT coefficients (g·t per weight) of
+        reordered layers as the seed does (None for other formats, where every parameter trains).
+    """
+    done = [e for e in plan.layers if e.decision == "decomposed"]
+    sums = {k: sum(getattr(e, k) for e in done) for k in ("params_before", "params_after", "macs_before", "macs_after")}
+    out: dict[str, float | None] = {
+        "factored_params_ratio": sums["params_before"] / sums["params_after"] if sums["params_after"] else None,
+        "factored_macs_ratio": sums["macs_before"] / sums["macs_after"] if sums["macs_after"] else None,
+        "params_millions": plan.totals["params_after"] / 1e6, "trainable_millions": None}
+    if plan.format == "reorder":
+        index = sum(-(-math.prod(e.shape) // e.ranks[0]) for e in done)
+        coefficients = sum(e.ranks[0] * e.ranks[1] for e in done)
+        out["params_millions"] = (plan.totals["params_after"] + index) / 1e6
+        out["trainable_millions"] = coefficients / 1e6
+    return out
 
 
 def published_of(recipe: Recipe) -> dict[str, Any]:
@@ -244,8 +279,8 @@ def dry_run(recipe: Recipe, *, out: str | os.PathLike[str] | None = None, overwr
     Returns:
         ``{"recipe", "file", "model", "weights" (used), "weights_note" (None unless it fell back), "format",
         "rank_rule", "layers", "decomposed" (counts), "totals" (the plan's params / MACs / storage before and
-        after), "ours": {params_ratio, macs_ratio, storage_ratio}, "published": the recipe's block, "plan": the
-        `tdexport.plan.Plan`}``; everything but ``plan`` is what dry_run.json holds.
+        after), "ours": {params_ratio, macs_ratio, storage_ratio} and the keys of `plan_counts`, "published":
+        the recipe's block, "plan": the `tdexport.plan.Plan`}``; everything but ``plan`` is what dry_run.json holds.
 
     Raises:
         UsageError: as `compress_recipe`, or an unknown model / malformed option found while planning.
@@ -261,7 +296,7 @@ def dry_run(recipe: Recipe, *, out: str | os.PathLike[str] | None = None, overwr
     summary = {"recipe": recipe.name, "file": str(recipe.path), "model": m["name"], "weights": weights,
                "weights_note": note, "format": plan.format, "rank_rule": plan.rank_rule, "layers": len(plan.layers),
                "decomposed": sum(e.decision == "decomposed" for e in plan.layers), "totals": dict(plan.totals),
-               "ours": ratios(plan.totals), "published": dict(recipe.data["published"])}
+               "ours": {**ratios(plan.totals), **plan_counts(plan)}, "published": dict(recipe.data["published"])}
     if out is not None:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             checkpoint.write_files(tmp, result.model, plan=plan)

@@ -38,7 +38,8 @@ __all__ = ["resolve", "SECTIONS", "TOP_LEVEL", "FORMATS", "SEEDS", "DATASETS", "
 
 SEEDS = ("tdc", "reordering", "vbmf", "ht2", "svt", "embedded")
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "folder")
-FORMATS = ("tucker", "tt", "cp", "svd", "ht2", "reorder")
+#: ``none`` is the dense baseline a seed compares against: no layer is factored (rank, ranks and ADMM refused).
+FORMATS = ("none", "tucker", "tt", "cp", "svd", "ht2", "reorder")
 TT_TYPES = ("special", "general")
 SCHEDULES = ("onecycle", "cosine", "step")
 DISTILL = ("hard", "soft")
@@ -148,6 +149,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "params_ratio": Key(nullable(number(0, open_low=True))),
         "macs_ratio": Key(nullable(number(0, open_low=True))),
         "storage_ratio": Key(nullable(number(0, open_low=True))),
+        # Absolute counts as papers print them (millions): the reordering seed counts its int32 permutation
+        # index in the total and only the DCT coefficients as trainable.
+        "params_millions": Key(nullable(number(0, open_low=True))),
+        "trainable_millions": Key(nullable(number(0, open_low=True))),
         "note": Key(nullable(string())),
     },
 }
@@ -214,7 +219,15 @@ def _cross_checks(data: dict[str, Any], missing: list[str]) -> None:
     comp = data["compression"]
     comp["ranks"] = _explicit_ranks(comp["ranks"])
     fmt = comp["format"]
-    if comp["rank"] is None and fmt != "reorder" and not comp["ranks"]:
+    if fmt == "none":
+        for key, empty in (("rank", None), ("ranks", {})):
+            if comp[key] != empty:
+                raise SchemaError(f"compression.{key}", "format none (the dense baseline) factors no layer",
+                                  f"{key}: {'null' if empty is None else '{}'} with format none; or another format")
+        if data["admm"] is not None:
+            raise SchemaError("admm", "format none (the dense baseline) has no ranks to train towards",
+                              "admm: null with format none")
+    elif comp["rank"] is None and fmt != "reorder" and not comp["ranks"]:
         missing.append("compression.rank")
     if comp["tt_type"] == "general" and fmt != "tt":
         raise SchemaError("compression.tt_type", f"general applies to format tt, not {fmt}",

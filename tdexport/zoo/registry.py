@@ -134,12 +134,44 @@ def _build_torchvision(name: str, num_classes: int, pretrained: bool = False) ->
 _TIMM_NAMES = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}
 
 
+@contextlib.contextmanager
+def _hub_cache_only_when_unreachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode (its cache only) while its host does not resolve.
+
+    Offline, the hub's own retries with back-off spend about a minute before failing the same way; a cached
+    download still loads in offline mode.
+    """
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:
+        hub = None
+    if reachable or hub is None:
+        yield
+        return
+    previous, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = previous
+
+
 def _build_timm(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     timm = require("timm", extra="timm")
     build = functools.partial(
         timm.create_model, _TIMM_NAMES[name], pretrained=pretrained, num_classes=num_classes
     )
-    return _fetch_published(name, build) if pretrained else build()
+    if not pretrained:
+        return build()
+    with _hub_cache_only_when_unreachable():
+        return _fetch_published(name, build)
 
 
 _TORCHVISION = (
