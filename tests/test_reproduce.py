@@ -8,10 +8,11 @@ import csv
 import json
 import math
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from test_recipes import TINY, write
 from threads import one_thread
 
 from tdexport.errors import GateFailed
@@ -23,36 +24,19 @@ EMBEDDED = ("embedded-resnet20-digits-tucker", "embedded-resnet20-digits-cp")
 OUTPUTS = ("reproduce.md", "reproduce.csv", "reproduce.json", "accuracy_vs_macs.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+
+def _published() -> str:
+    """test_recipes.TINY at ratio 0.4, timed at batch 4 then 1 (the speedup column takes the first)."""
+    data = yaml.safe_load(TINY)
+    data["description"] = "ResNet-20 Tucker-2 on digits, with made-up published numbers (test)"
+    data["compression"]["rank"] = "ratio:0.4"
+    data["export"]["batch_sizes"] = [4, 1]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 # A complete recipe with published numbers (the embedded ones publish none), so the published columns and the
 # plot's published markers have something to show.
-PUBLISHED = """
-description: "ResNet-20 Tucker-2 on digits, with made-up published numbers (test)"
-source:
-  seed: tdc
-  paper: "A test paper"
-  table: "Table 9"
-model:
-  name: resnet20
-  weights: random
-data:
-  dataset: digits
-compression:
-  format: tucker
-  rank: "ratio:0.4"
-finetune:
-  epochs: 1
-  batch_size: 64
-  device: cpu
-export:
-  backends: [ort-cpu]
-  batch_sizes: [4, 1]
-published:
-  top1: 91.5
-  baseline_top1: 92.0
-  params_ratio: 3.0
-  macs_ratio: 2.5
-  note: "test numbers"
-"""
+PUBLISHED = _published()
 
 
 @pytest.fixture(autouse=True)
@@ -70,14 +54,6 @@ def tool_fixture(monkeypatch):
     import reproduce
 
     return reproduce
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    """Write recipe ``folder/NAME.yaml`` with ``text``; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def read_csv(out: Path) -> dict[str, dict[str, str]]:

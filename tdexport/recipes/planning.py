@@ -196,16 +196,16 @@ def compress_recipe(recipe: Recipe, model: Any, *, num_classes: int | None = Non
         from tqdm import tqdm
 
         kwargs["progress"] = lambda items: tqdm(items, desc="factorizing", unit="layer", leave=False, disable=None)
-    # Without a rule, rank 1 everywhere (the cheapest factorization) only serves to learn each layer's method.
-    baseline = comp["format"] == "none"
-    result = planner.compress(model, format="tucker" if baseline else comp["format"], rank=comp["rank"] or "1",
-                              **kwargs)
-    if baseline:  # every layer kept: the replayed plan is the dense model, through the same code as the others
-        result = planner.compress(model, format="tucker", rank=_explicit(recipe, result.plan), **kwargs)
+    if comp["format"] == "none":  # the dense baseline: survey's all-kept plan, replayed without factorizing
+        dense = planner.survey(model, format="tucker", input_shape=kwargs["input_shape"], model_name=name)
+        result = planner.compress(model, format="tucker", rank=dense, **kwargs)
         for e in result.plan.layers:
             e.reason = "compression.format none (the dense baseline)"
         result.plan.rank_rule = "none (dense baseline)"
-    elif comp["ranks"]:
+    else:
+        # Without a rule, rank 1 everywhere (the cheapest factorization) only serves to learn each layer's method.
+        result = planner.compress(model, format=comp["format"], rank=comp["rank"] or "1", **kwargs)
+    if comp["ranks"]:
         edited = _explicit(recipe, result.plan)
         try:
             result = planner.compress(model, format=comp["format"], rank=edited, **kwargs)
