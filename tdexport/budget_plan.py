@@ -34,7 +34,6 @@ from torch import nn
 from . import layers as L
 from .budget import Allocation, BudgetUnreachable, Option, allocate
 from .errors import UsageError
-from .factor._spectral import Spectrum
 from .ranks import RankRule
 
 if TYPE_CHECKING:
@@ -53,9 +52,9 @@ _UNIT = {"params": "parameter", "macs": "MAC", "latency": "unit of latency"}
 
 
 class _SpectraLike(Protocol):
-    def mode(self, mode: int) -> Spectrum: ...
+    def mode_values(self, mode: int) -> torch.Tensor: ...
 
-    def matrix(self) -> Spectrum: ...
+    def matrix_values(self) -> torch.Tensor: ...
 
 
 def rank_grid(size: int, round_to: int | None = None) -> list[int]:
@@ -118,7 +117,8 @@ def layer_options(site: LayerSite, method: str, spectra: _SpectraLike, *, cost: 
     Args:
         site: the layer and its calls.
         method: ``tucker2``, ``tt`` or ``svd``.
-        spectra: its weight's spectra (``mode(0)``, ``mode(1)`` for Tucker-2 / TT; ``matrix()`` for SVD).
+        spectra: its weight's singular values (``mode_values(0)``, ``mode_values(1)`` for Tucker-2 / TT;
+            ``matrix_values()`` for SVD).
         cost: ``cost(site, method, ranks)``; ranks None is the dense layer.
         round_to: candidate ranks are multiples of this (and the full size).
         allowed: ``allowed(site, method, ranks)``; ranks it rejects are not offered (e.g. ranks whose factor
@@ -131,10 +131,10 @@ def layer_options(site: LayerSite, method: str, spectra: _SpectraLike, *, cost: 
     dense_params, dense_macs = chain_params_macs(site, method, None)
     options = [Option(cost(site, method, None), 0.0, None)]
     if method == "svd":
-        d = _discarded(spectra.matrix().values)
+        d = _discarded(spectra.matrix_values())
         candidates = [((r,), d[r]) for r in rank_grid(len(d) - 1, round_to)]
     elif method in ("tucker2", "tt"):
-        d_out, d_in = _discarded(spectra.mode(0).values), _discarded(spectra.mode(1).values)
+        d_out, d_in = _discarded(spectra.mode_values(0)), _discarded(spectra.mode_values(1))
         candidates = [((ro, ri), 1.0 - (1.0 - d_out[ro]) * (1.0 - d_in[ri]))
                       for ro in rank_grid(len(d_out) - 1, round_to) for ri in rank_grid(len(d_in) - 1, round_to)]
     else:

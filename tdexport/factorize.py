@@ -17,7 +17,7 @@ from torch import nn
 
 from . import layers as L
 from .errors import UsageError
-from .factor._spectral import Spectrum, mode_spectrum, row_spectrum, unfold
+from .factor._spectral import Spectrum, row_spectrum, row_values, unfold
 from .factor.cp import cp_als
 from .factor.reorder import progressive_ratio, reorder_compress
 from .factor.svd import truncated_svd
@@ -104,23 +104,52 @@ def parse_tt_shape(specs: Sequence[str]) -> tuple[tuple[int, int], dict[int, tup
 
 
 class _Spectra:
-    """Lazily computed spectra of a layer's weight, shared by the rank rule and the factorization."""
+    """Lazily computed spectra of a layer's weight, shared by the rank rule and the factorization.
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    With ``values_only`` (a plan that factorizes nothing) the ``*_values`` methods compute singular values
+    without vectors; otherwise they come from the full spectrum the factorization then reuses.
+    """
+
+    def __init__(self, weight: torch.Tensor, *, values_only: bool = False) -> None:
         self.weight = weight
+        self.values_only = values_only
         self._cache: dict[str, Spectrum] = {}
+        self._values: dict[str, torch.Tensor] = {}
 
-    def mode(self, mode: int) -> Spectrum:
-        key = f"mode{mode}"
+    def _rows(self, key: str) -> torch.Tensor:
+        """The matrix whose row spectrum ``key`` names: a mode unfolding, or the weight matrix (fewer rows)."""
+        if key == "matrix":
+            m = L.weight_matrix_of(self.weight)
+            return m.T if m.shape[0] > m.shape[1] else m
+        return unfold(self.weight, int(key[len("mode"):]))
+
+    def _spectrum(self, key: str) -> Spectrum:
         if key not in self._cache:
-            self._cache[key] = mode_spectrum(self.weight, mode)
+            self._cache[key] = row_spectrum(self._rows(key))
         return self._cache[key]
 
+    def _only_values(self, key: str) -> torch.Tensor:
+        if key in self._cache or not self.values_only:
+            return self._spectrum(key).values
+        if key not in self._values:
+            self._values[key] = row_values(self._rows(key))
+        return self._values[key]
+
+    def mode(self, mode: int) -> Spectrum:
+        """Spectrum of the mode-``mode`` unfolding (values and vectors)."""
+        return self._spectrum(f"mode{mode}")
+
     def matrix(self) -> Spectrum:
-        if "matrix" not in self._cache:
-            m = L.weight_matrix_of(self.weight)
-            self._cache["matrix"] = row_spectrum(m.T if m.shape[0] > m.shape[1] else m)
-        return self._cache["matrix"]
+        """Spectrum of the weight matrix (O, I·kh·kw) from its smaller side."""
+        return self._spectrum("matrix")
+
+    def mode_values(self, mode: int) -> torch.Tensor:
+        """Singular values of the mode-``mode`` unfolding, float64, descending (``mode(mode).values``)."""
+        return self._only_values(f"mode{mode}")
+
+    def matrix_values(self) -> torch.Tensor:
+        """Singular values of the weight matrix, float64, descending (``matrix().values``)."""
+        return self._only_values("matrix")
 
 
 def format_options(format: str, tt_type: str, tt_shape: Sequence[str], groups: int, coef_ratio: float,
@@ -181,7 +210,7 @@ def _tucker_pair(weight: torch.Tensor, rule: RankRule, spectra: _Spectra, round_
     if rule.kind == "svt":
         r0, r1 = _svt_pair(weight, rule.value, spectra)
         return [round_rank(r0, weight.shape[0], round_to), round_rank(r1, weight.shape[1], round_to)]
-    return [mode_rank(rule, weight.shape[m], values=spectra.mode(m).values if rule.needs_spectrum else None,
+    return [mode_rank(rule, weight.shape[m], values=spectra.mode_values(m) if rule.needs_spectrum else None,
                       shape=tuple(unfold(weight, m).shape) if rule.needs_spectrum else None, round_to=round_to)
             for m in (0, 1)]
 
@@ -192,9 +221,13 @@ def _svt_pair(weight: torch.Tensor, ratio: float, spectra: _Spectra) -> tuple[in
     w64 = weight.detach().to(torch.float64)
     total = float(torch.linalg.vector_norm(w64))
 
+    # The core at ranks (r0, r1) is the leading (r0, r1) block of the projection on all the vectors, so one
+    # projection and a 2-D cumulative sum of its squared (r0, r1) entries price every probe of the search.
+    core = torch.einsum("oikl,or,is->rskl", w64, s0.vectors, s1.vectors)
+    kept = core.square().sum(dim=(2, 3)).cumsum(0).cumsum(1)  # kept[r0 - 1, r1 - 1] = ‖core(r0, r1)‖²
+
     def norm_ratio(r0: int, r1: int) -> float:
-        core = torch.einsum("oikl,or,is->rskl", w64, s0.vectors[:, :r0], s1.vectors[:, :r1])
-        return float(torch.linalg.vector_norm(core)) / max(total, 1e-300)
+        return float(kept[r0 - 1, r1 - 1].clamp_min(0.0).sqrt()) / max(total, 1e-300)
 
     r0, r1, _ = svt_ranks(s0.values, s1.values, ratio, norm_ratio=norm_ratio)
     return r0, r1
@@ -266,7 +299,7 @@ def _resolve_ranks(method: str, weight: torch.Tensor, rule: RankRule, spectra: _
         return _ht2_ranks(weight, rule, spectra, round_to), None, ""
     if method in ("svd", "tucker1"):
         o, i = weight.shape[0], weight[0].numel()
-        values = spectra.matrix().values if rule.needs_spectrum else None
+        values = spectra.matrix_values() if rule.needs_spectrum else None
         return [_rule_rank(rule, min(o, i), values, (o, i), round_to)], None, ""
     if method == "cp":
         if rule.kind in ("ratio", "fixed"):

@@ -70,7 +70,8 @@ class LayerPlan:
         params_before, params_after: weights + biases of the layer / its replacement.
         macs_before, macs_after: multiply-accumulates per sample at the model's input resolution, summed
             over every call of the layer in one forward pass.
-        rel_error: ‖W − Ŵ‖_F / ‖W‖_F of the factorization, None when kept.
+        rel_error: ‖W − Ŵ‖_F / ‖W‖_F of the factorization, None when kept or planned without factorizing
+            (`tdexport.planner.compress` with ``plan_only``).
         in_hw: input (H, W) of a conv at its first call; None for Linear.
         tokens: rows a Linear sees per sample (1 for classifiers).
         dense_ms, chain_ms: measured time per call of the dense layer and of its factor chain at ``ranks`` on

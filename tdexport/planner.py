@@ -102,6 +102,7 @@ def compress(
     progressive: bool = False,
     progressive_ref: float = 64.0,
     stem_method: str | None = None,
+    plan_only: bool = False,
 ) -> Compressed:
     """Decide per layer how to factor ``model``, factor it, and return a new compressed model.
 
@@ -149,6 +150,10 @@ def compress(
         progressive_ref: the progressive rule's reference size.
         stem_method: ``tucker1`` factors the stem (with ``include_stem``) by Tucker-1 whatever the format;
             ht2 does so by default (as its seed).
+        plan_only: decide and count without factorizing (a dry run): the plan's decisions, ranks and counts
+            are those of a full call (rank rules read the same singular values, computed without their
+            vectors where a rule needs no more), its errors are None, and the returned model's factor
+            chains are empty structures on the ``meta`` device (shapes only; it cannot run or be saved).
 
     Returns:
         `Compressed` with the new model and its `Plan`.
@@ -201,7 +206,9 @@ def compress(
     spectra: dict[str, _Spectra] = {}
 
     def spectra_of(site: LayerSite) -> _Spectra:
-        return spectra.setdefault(site.name, _Spectra(site.module.weight.detach()))
+        if site.name not in spectra:
+            spectra[site.name] = _Spectra(site.module.weight.detach(), values_only=plan_only)
+        return spectra[site.name]
 
     budget, latency = None, None
     if rule.kind == "latency":
@@ -248,7 +255,12 @@ def compress(
         _, method, ranks, reason, modes = chosen[site.name]
         m = site.module
         try:
-            seq, err = _decompose(method, m, ranks, spectra_of(site), iters=iters, cp_iters=cp_iters, modes=modes)
+            if plan_only:
+                with torch.device("meta"):  # chains that follow the layer's device are moved there after
+                    seq, err = L.structure_for(method, m, ranks, modes=modes).to("meta"), None
+            else:
+                seq, err = _decompose(method, m, ranks, spectra_of(site), iters=iters, cp_iters=cp_iters,
+                                      modes=modes)
         except DecompositionError as exc:
             raise DecompositionError(f"{site.name} {tuple(m.weight.shape)}: {exc}") from exc
         replaced = new_model.get_submodule(site.name)
@@ -259,8 +271,9 @@ def compress(
         storage = reorder_storage_ratio(m.weight.numel(), *ranks) if method == "reorder" else None
         entries.append(LayerPlan(site.name, _type_name(m), list(m.weight.shape), method, ranks,
                                  "decomposed", reason, before[0], after[0], before[1], after[1],
-                                 float(err), list(site.in_hw) if site.in_hw else None, site.tokens,
-                                 dense_ms, chain_ms, modes, storage))
+                                 None if err is None else float(err),
+                                 list(site.in_hw) if site.in_hw else None, site.tokens, dense_ms, chain_ms,
+                                 modes, storage))
     if replay is not None:
         _check_replay_names(replay, sites, str(rule.path) if rule.path else "the given plan")
     if attention_kept:

@@ -93,10 +93,12 @@ def _ort_vs_torch(path, model: nn.Module, x: torch.Tensor) -> ParityResult:
     return compare_outputs(ref, session.run(["logits"], {"input": x.numpy()})[0])
 
 
+# The big models export one factorized variant each: their dense and CP graphs add only size (VGG-16 takes
+# about 35 s per export) to structures the small models already cover.
 CASES = [
     pytest.param(name, variant, marks=[pytest.mark.slow] if name in BIG else [], id=f"{name}-{variant}")
     for name in MODELS
-    for variant in ("dense", "tucker", "cp")
+    for variant in (("tucker",) if name in BIG else ("dense", "tucker", "cp"))
 ]
 
 

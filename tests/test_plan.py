@@ -121,3 +121,27 @@ def test_profile_counts_linear_tokens():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(2), nn.Linear(9, 5))
     sites = profile_layers(model, (3, 5, 5))
     assert [(s.name, s.in_hw, s.tokens) for s in sites] == [("0", (5, 5), 1), ("2", None, 4)]
+
+
+@pytest.mark.parametrize("format,rank,extra", [
+    ("tucker", "vbmf", {}), ("tucker", "energy:0.8", {}), ("svd", "energy:0.5", {"include_classifier": True}),
+    ("ht2", "energy:0.7", {"include_stem": True}), ("tt", "energy:0.7", {"tt_type": "general"}),
+    ("cp", "vbmf", {}), ("tucker", "svt:0.8", {}), ("reorder", "vbmf", {"coef_ratio": 0.5}),
+    ("tucker", "params:2x", {}),
+])
+def test_plan_only_decides_and_counts_as_the_full_compression(format, rank, extra):
+    """A dry run's plan is the run's: same decisions, ranks and counts; the model holds empty meta chains."""
+    from tdexport.planner import compress
+
+    torch.manual_seed(0)
+    dense = tdexport.create_model("resnet20", weights="random")
+    kwargs = dict(format=format, rank=rank, input_shape=(3, 32, 32), **extra)
+    full, planned = compress(dense, **kwargs), compress(dense, plan_only=True, **kwargs)
+    assert planned.plan.totals == full.plan.totals
+    assert any(e.decision == "decomposed" for e in full.plan.layers)
+    for a, b in zip(full.plan.layers, planned.plan.layers, strict=True):
+        assert (a.name, a.decision, a.method, a.ranks, a.modes, a.reason) == (b.name, b.decision, b.method, b.ranks,
+                                                                             b.modes, b.reason)
+        assert (a.params_after, a.macs_after, a.storage_ratio) == (b.params_after, b.macs_after, b.storage_ratio)
+        assert b.rel_error is None if b.decision == "decomposed" else b.rel_error == a.rel_error
+    assert {p.device.type for p in planned.model.parameters()} == {"cpu", "meta"}

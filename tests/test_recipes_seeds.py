@@ -11,6 +11,7 @@ from counting import count_macs
 from test_recipes import TINY, write
 from threads import one_thread
 
+from tdexport.budget import BudgetUnreachable
 from tdexport.errors import UsageError
 from tdexport.recipes import dry_run, list_recipes, load_recipe, run_recipe
 from tdexport.recipes.planning import build_model, compress_recipe
@@ -18,6 +19,10 @@ from tdexport.recipes.planning import build_model, compress_recipe
 PROJECT = Path(__file__).resolve().parents[1] / "recipes"
 RUNNABLE = sorted(r.name for r in list_recipes(PROJECT) if r.runnable) if PROJECT.is_dir() else []
 EMBEDDED = [n for n in RUNNABLE if n.startswith("embedded-")]
+# Run end to end here: the formats the issue names, the latency target and the one recipe with an ADMM stage.
+# The general-TT and reorder recipes dry-run above; their chains are exported and parity-checked on
+# resnet18 and mobilenet_v2 in test_methods_models (about 75 s more here would push the suite past 20 min).
+END_TO_END = [f"embedded-resnet20-digits-{m}" for m in ("tucker", "cp", "tt", "ht2", "latency", "tucker-admm")]
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +112,12 @@ def test_every_shipped_recipe_dry_runs(name):
     target = r.data["compression"]["target"]
     if target and not target.startswith("ort-cpu"):
         pytest.skip(f"{r.name} plans on {target}, not measurable on this CPU machine")
-    summary = dry_run(r)
+    try:
+        summary = dry_run(r)
+    except BudgetUnreachable as err:
+        # A latency: target no allocation reaches on this CPU is refused with the best measured speedup.
+        assert r.data["compression"]["rank"].startswith("latency:") and 0 < err.best and "best" in str(err)
+        return
     plan = summary["plan"]
     assert plan.model == r.data["model"]["name"] and summary["layers"] == len(plan.layers)
     ours = summary["ours"]
@@ -158,13 +168,23 @@ def test_reorder_resnet50_g4_r1_gives_the_published_counts():
 # ---------------------------------------------------------------------------------------------- the digits recipes
 
 
+def test_end_to_end_list_names_shipped_embedded_recipes():
+    assert set(END_TO_END) <= set(EMBEDDED) and len(EMBEDDED) == 8
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EMBEDDED)
+@pytest.mark.parametrize("name", END_TO_END)
 def test_embedded_recipe_runs_end_to_end_and_meets_its_gates(tmp_path, name):
     r = load_recipe(name, root=PROJECT)
     gates = r.data["validate"]
     assert gates["max_parity_err"] is not None and gates["max_acc_drop"] is not None  # gates to meet
-    report = run_recipe(r, out=tmp_path / name, progress=False, iterations=20, warmup=2)
+    # Short timing: the gates here are accuracy and parity; latency is measured and reported, not gated.
+    try:
+        report = run_recipe(r, out=tmp_path / name, progress=False, iterations=5, duration=0.2, warmup=0.1)
+    except BudgetUnreachable as err:
+        # latency:1.2x on a CPU where no allocation reaches it: refused with the best measured speedup.
+        assert name.endswith("-latency") and 0 < err.best < 1.2 and "best" in str(err)
+        return
     assert report["gates_passed"] is True
     assert set(report["gates"]) >= {"max_parity_err", "max_acc_drop"}
     assert all(g["passed"] for g in report["gates"].values())

@@ -165,7 +165,7 @@ def _explicit(recipe: Recipe, plan: Any) -> Any:
 
 
 def compress_recipe(recipe: Recipe, model: Any, *, num_classes: int | None = None, weights: str | None = None,
-                    progress: bool = False) -> Any:
+                    progress: bool = False, plan_only: bool = False) -> Any:
     """Compress ``model`` as ``recipe.compression`` says: its rank rule, then its explicit per-layer ranks.
 
     Explicit ranks (``compression.ranks: {glob: [r, …]}``) edit the rule's plan (matching layers decomposed at
@@ -177,6 +177,8 @@ def compress_recipe(recipe: Recipe, model: Any, *, num_classes: int | None = Non
         num_classes: classifier width recorded in the plan (default: the model's).
         weights: the weights recorded in the plan (the teacher of a distilling fine-tune).
         progress: per-layer progress bar.
+        plan_only: decide and count without factorizing (`tdexport.planner.compress`): the same plan, a model
+            of empty factor chains on the meta device.
 
     Returns:
         `tdexport.plan.Compressed` (model and plan).
@@ -198,17 +200,19 @@ def compress_recipe(recipe: Recipe, model: Any, *, num_classes: int | None = Non
         kwargs["progress"] = lambda items: tqdm(items, desc="factorizing", unit="layer", leave=False, disable=None)
     if comp["format"] == "none":  # the dense baseline: survey's all-kept plan, replayed without factorizing
         dense = planner.survey(model, format="tucker", input_shape=kwargs["input_shape"], model_name=name)
-        result = planner.compress(model, format="tucker", rank=dense, **kwargs)
+        result = planner.compress(model, format="tucker", rank=dense, plan_only=plan_only, **kwargs)
         for e in result.plan.layers:
             e.reason = "compression.format none (the dense baseline)"
         result.plan.rank_rule = "none (dense baseline)"
     else:
-        # Without a rule, rank 1 everywhere (the cheapest factorization) only serves to learn each layer's method.
-        result = planner.compress(model, format=comp["format"], rank=comp["rank"] or "1", **kwargs)
+        # Without a rule, rank 1 everywhere only serves to learn each layer's method; explicit ranks replace the
+        # rule's plan below, so a first plan to be edited needs no factorization.
+        result = planner.compress(model, format=comp["format"], rank=comp["rank"] or "1", **kwargs,
+                                  plan_only=plan_only or bool(comp["ranks"]))
     if comp["ranks"]:
         edited = _explicit(recipe, result.plan)
         try:
-            result = planner.compress(model, format=comp["format"], rank=edited, **kwargs)
+            result = planner.compress(model, format=comp["format"], rank=edited, plan_only=plan_only, **kwargs)
         except UsageError as err:
             raise _fail(recipe, "compression.ranks", str(err)) from None
         globs = ", ".join(comp["ranks"])
@@ -291,7 +295,9 @@ def dry_run(recipe: Recipe, *, out: str | os.PathLike[str] | None = None, overwr
     require_runnable(recipe)
     m = recipe.data["model"]
     model, weights, note = build_model(recipe, m["num_classes"], fallback=True)
-    result = compress_recipe(recipe, model, num_classes=m["num_classes"], weights=weights, progress=progress)
+    # Without an out folder nothing is saved, so the factors need not be computed: the plan and counts are the same.
+    result = compress_recipe(recipe, model, num_classes=m["num_classes"], weights=weights, progress=progress,
+                             plan_only=out is None)
     plan = result.plan
     summary = {"recipe": recipe.name, "file": str(recipe.path), "model": m["name"], "weights": weights,
                "weights_note": note, "format": plan.format, "rank_rule": plan.rank_rule, "layers": len(plan.layers),
