@@ -276,7 +276,8 @@ def dry_run(recipe: Recipe, *, out: str | os.PathLike[str] | None = None, overwr
     Args:
         recipe: the recipe (complete).
         out: when given, a folder (appears whole) receiving plan.json, compressed.safetensors and dry_run.json;
-            None writes nothing.
+            None writes nothing and factorizes nothing (`tdexport.planner.compress` ``plan_only``: the same
+            ranks and counts, in seconds for most models).
         overwrite: replace an existing non-empty ``out``.
         progress: per-layer progress bar.
 
