@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from counting import count_macs
 from torch import nn
 
 import tdexport
@@ -14,18 +15,8 @@ from tdexport.planner import profile_layers
 
 def _measured_totals(model, input_shape):
     """Params and conv/linear MACs measured by forward hooks on the built module (independent of the plan)."""
-    macs = []
-
-    def hook(m, inp, out):
-        per_out = m.weight[0].numel() if isinstance(m, nn.Conv2d) else m.in_features
-        macs.append(out[0].numel() * per_out)
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *input_shape))
-    for h in hs:
-        h.remove()
-    return sum(p.numel() for p in model.parameters()), sum(macs)
+    macs = count_macs(model.eval(), torch.zeros(1, *input_shape))
+    return sum(p.numel() for p in model.parameters()), macs
 
 
 @pytest.fixture(scope="module")

@@ -205,9 +205,9 @@ class Recipe:
         comp = self.data.get("compression")
         if not comp:
             return "-"
-        fmt = "tt (general)" if comp["format"] == "tt" and comp["tt_type"] == "general" else comp["format"]
         if comp["format"] == "none":
             return "none (dense baseline)"
+        fmt = "tt (general)" if comp["format"] == "tt" and comp["tt_type"] == "general" else comp["format"]
         if comp["format"] == "reorder":
             rule = f"g={comp['groups']} r={comp['coef_ratio']:g}" + (" progressive" if comp["progressive"] else "")
         else:
